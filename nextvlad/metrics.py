@@ -1,0 +1,390 @@
+"""YouTube-8M evaluation metrics: numpy references and streaming Keras metrics.
+
+The numpy functions are the reference definitions (DESIGN.md "Metrics"); they follow the YouTube-8M
+evaluation code (`eval_util.py`, `average_precision_calculator.py`) with deterministic tie-breaking:
+
+- `gap`: global average precision of each video's top-k predictions, pooled over all videos.
+- `hit_at_one`: fraction of videos whose top-1 prediction is a true label.
+- `perr`: precision at equal recall rate, mean over videos that have at least one label.
+- `mean_average_precision` / `average_precision_per_class`: per-class average precision.
+
+`GlobalAveragePrecision` and `HitAtOne` are streaming `keras.metrics.Metric`s written with
+`keras.ops` only, so they run inside `model.compile(metrics=[...])` on any Keras backend.
+
+Inputs everywhere: `predictions` float `[N, C]` (scores, typically sigmoid probabilities) and
+`labels` dense binary `[N, C]` (bool, int or float holding 0/1).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "GlobalAveragePrecision",
+    "HitAtOne",
+    "average_precision_per_class",
+    "gap",
+    "hit_at_one",
+    "mean_average_precision",
+    "perr",
+    "top_k",
+]
+
+
+def _check_predictions(predictions: Any) -> np.ndarray:
+    predictions = np.asarray(predictions)
+    if predictions.ndim != 2 or predictions.shape[1] == 0:
+        raise ValueError(
+            f"predictions must be a 2-D array [num_videos, num_classes]; got shape {predictions.shape}. "
+            "Stack per-video score vectors into one matrix."
+        )
+    if not np.issubdtype(predictions.dtype, np.floating):
+        predictions = predictions.astype(np.float64)
+    if not np.all(np.isfinite(predictions)):
+        bad = np.argwhere(~np.isfinite(predictions))[0]
+        raise ValueError(
+            f"predictions contain a non-finite value ({predictions[tuple(bad)].item()!r} at video {bad[0]}, "
+            f"class {bad[1]}); scores must be finite to be ranked."
+        )
+    return predictions
+
+
+def _check_inputs(predictions: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    predictions = _check_predictions(predictions)
+    labels = np.asarray(labels)
+    if labels.shape != predictions.shape:
+        raise ValueError(
+            f"labels shape {labels.shape} does not match predictions shape {predictions.shape}; "
+            "labels must be a dense 0/1 matrix [num_videos, num_classes] "
+            "(convert class-id lists with a multi-hot encoding first)."
+        )
+    if labels.dtype != np.bool_:
+        is_binary = (labels == 0) | (labels == 1)
+        if not np.all(is_binary):
+            bad = np.argwhere(~is_binary)[0]
+            raise ValueError(
+                f"labels must be 0/1; got {labels[tuple(bad)].item()!r} at video {bad[0]}, class {bad[1]}. "
+                "Pass a multi-hot matrix, not class ids or counts."
+            )
+        labels = labels.astype(bool)
+    return predictions, labels
+
+
+def _check_k(k: int, name: str) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"{name} must be a positive integer; got {k!r}.")
+    return int(k)
+
+
+def top_k(predictions: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's `k` highest scores, sorted descending, with deterministic ties.
+
+    Among equal scores the lower class id comes first, both for which classes make the top k
+    and for their order, so results never depend on the sorting algorithm or platform.
+
+    Args:
+        predictions: float array `[N, C]`.
+        k: number of classes to keep per row; values above `C` keep all `C`.
+
+    Returns:
+        `(indices, scores)`: int64 class ids `[N, min(k, C)]` and their scores (same dtype as
+        `predictions`), best first.
+    """
+    return _top_k(_check_predictions(predictions), _check_k(k, "k"))
+
+
+def _top_k(predictions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    k = min(k, predictions.shape[1])
+    num_rows, num_classes = predictions.shape
+    if k == num_classes or num_rows == 0:
+        indices = np.argsort(-predictions, axis=1, kind="stable")[:, :k]
+        return indices.astype(np.int64), np.take_along_axis(predictions, indices, axis=1)
+    # Linear-time selection: argpartition finds the k-th largest score per row, but picks an
+    # arbitrary subset among scores tied with it, so the members are chosen again explicitly:
+    # everything strictly above the threshold plus the lowest-id classes equal to it.
+    part = np.argpartition(-predictions, k - 1, axis=1)[:, :k]  # [N, k]
+    threshold = np.take_along_axis(predictions, part, axis=1).min(axis=1, keepdims=True)  # [N, 1]
+    above = predictions > threshold  # [N, C]
+    equal = predictions == threshold  # [N, C]
+    needed = k - above.sum(axis=1, keepdims=True)  # [N, 1], >= 1
+    if np.array_equal(equal.sum(axis=1, keepdims=True), needed):
+        members = above | equal  # no ties straddle the cut (the usual case)
+    else:
+        members = above | (equal & (np.cumsum(equal, axis=1) <= needed))  # exactly k per row
+    indices = np.nonzero(members)[1].reshape(num_rows, k)  # ascending class id within each row
+    scores = np.take_along_axis(predictions, indices, axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")  # stable: lower class id first among ties
+    indices = np.take_along_axis(indices, order, axis=1)
+    return indices.astype(np.int64), np.take_along_axis(scores, order, axis=1)
+
+
+def _average_precision(hits: np.ndarray, num_positives: int) -> float:
+    """AP of a ranked list of hits: sum of precision@i at each hit, over `num_positives`."""
+    if num_positives == 0:
+        return 0.0
+    hits = hits.astype(np.float64)
+    precision = np.cumsum(hits) / np.arange(1, hits.size + 1)
+    return float(np.sum(precision * hits) / num_positives)
+
+
+def gap(predictions: Any, labels: Any, *, top_k: int = 20) -> float:
+    """Global average precision (GAP@k) as in the YouTube-8M evaluation.
+
+    Every video contributes its `top_k` predictions; all (score, is_positive) pairs are pooled and
+    sorted by score descending (ties: stable in video order, then class rank within the video), and
+    `GAP = sum_i precision@i * delta_recall@i`. Recall's denominator is the total number of positive
+    labels in `labels`, so positives that fall outside every top-k lower the GAP.
+
+    Args:
+        predictions: float scores `[N, C]`.
+        labels: dense 0/1 labels `[N, C]`.
+        top_k: predictions kept per video (20 in the YouTube-8M challenges).
+
+    Returns:
+        GAP in [0, 1]; 0.0 when `labels` has no positives (nothing can be recalled).
+    """
+    predictions, labels = _check_inputs(predictions, labels)
+    indices, scores = _top_k(predictions, _check_k(top_k, "top_k"))  # [N, k]
+    hits = np.take_along_axis(labels, indices, axis=1)  # [N, k]
+    order = np.argsort(-scores.ravel(), kind="stable")  # video-major ravel keeps the tie order
+    return _average_precision(hits.ravel()[order], int(labels.sum()))
+
+
+def hit_at_one(predictions: Any, labels: Any) -> float:
+    """Fraction of videos whose highest-scoring class is a true label.
+
+    All videos count, including unlabeled ones (they can never hit), as in the YouTube-8M code.
+    Ties go to the lower class id.
+
+    Args:
+        predictions: float scores `[N, C]`.
+        labels: dense 0/1 labels `[N, C]`.
+
+    Returns:
+        Hit@1 in [0, 1]; 0.0 for an empty set.
+    """
+    predictions, labels = _check_inputs(predictions, labels)
+    if predictions.shape[0] == 0:
+        return 0.0
+    top1 = np.argmax(predictions, axis=1)  # first maximum: lower class id wins ties
+    return float(np.mean(labels[np.arange(labels.shape[0]), top1]))
+
+
+def perr(predictions: Any, labels: Any) -> float:
+    """Precision at equal recall rate: for a video with L labels, the precision of its top-L.
+
+    Averaged over videos with at least one label (unlabeled videos have no defined PERR and are
+    skipped, per DESIGN.md; the original YouTube-8M script divides by all videos instead).
+    Ties inside the top-L go to the lower class id.
+
+    Args:
+        predictions: float scores `[N, C]`.
+        labels: dense 0/1 labels `[N, C]`.
+
+    Returns:
+        PERR in [0, 1]; 0.0 when no video has a label.
+    """
+    predictions, labels = _check_inputs(predictions, labels)
+    num_labels = labels.sum(axis=1)  # [N]
+    labeled = num_labels > 0
+    if not np.any(labeled):
+        return 0.0
+    predictions, labels, num_labels = predictions[labeled], labels[labeled], num_labels[labeled]
+    indices, _ = _top_k(predictions, int(num_labels.max()))  # [N', Lmax]
+    hits = np.take_along_axis(labels, indices, axis=1)  # [N', Lmax]
+    within = np.arange(indices.shape[1])[None, :] < num_labels[:, None]  # keep each video's top-L
+    return float(np.mean((hits & within).sum(axis=1) / num_labels))
+
+
+def average_precision_per_class(predictions: Any, labels: Any) -> np.ndarray:
+    """Average precision of each class, ranking all videos by that class's score.
+
+    Ties keep video order. `AP_c = sum over positives of precision at their rank / positives_c`.
+
+    Args:
+        predictions: float scores `[N, C]`.
+        labels: dense 0/1 labels `[N, C]`.
+
+    Returns:
+        float64 array `[C]`; NaN for classes with no positive video (their AP is undefined).
+    """
+    predictions, labels = _check_inputs(predictions, labels)
+    num_positives = labels.sum(axis=0)  # [C]
+    order = np.argsort(-predictions, axis=0, kind="stable")  # [N, C]
+    hits = np.take_along_axis(labels, order, axis=0).astype(np.float64)  # [N, C], ranked per class
+    ranks = np.arange(1, predictions.shape[0] + 1, dtype=np.float64)[:, None]  # [N, 1]
+    precision_sum = np.sum(np.cumsum(hits, axis=0) / ranks * hits, axis=0)  # [C]
+    ap = np.full(predictions.shape[1], np.nan)
+    has_positives = num_positives > 0
+    ap[has_positives] = precision_sum[has_positives] / num_positives[has_positives]
+    return ap
+
+
+def mean_average_precision(predictions: Any, labels: Any) -> float:
+    """Mean over classes of average precision (mAP).
+
+    Classes without any positive video in `labels` are excluded from the mean: their AP is
+    undefined, and counting them as 0 would make mAP depend on how many classes happen to be absent
+    from the evaluation split.
+
+    Args:
+        predictions: float scores `[N, C]`.
+        labels: dense 0/1 labels `[N, C]`.
+
+    Returns:
+        mAP in [0, 1]; 0.0 when no class has a positive.
+    """
+    ap = average_precision_per_class(predictions, labels)
+    valid = ap[~np.isnan(ap)]
+    return float(valid.mean()) if valid.size else 0.0
+
+
+@keras.saving.register_keras_serializable(package="nextvlad")
+class GlobalAveragePrecision(keras.metrics.Metric):
+    """Streaming GAP@k, for `model.compile(metrics=[...])` and evaluation loops.
+
+    Each batch's per-video top-k scores are histogrammed into `num_bins` equal bins over [0, 1]
+    (scores outside are clipped to the end bins), counting predictions and positives per bin, plus
+    a running total of all positive labels (including those outside the top-k). `result()` walks
+    the bins from the highest score down, so it equals the numpy `gap` exactly whenever no bin holds
+    two predictions with different outcomes; otherwise it treats a bin as one tied group
+    (precision taken at the end of the bin), which moves GAP by well under 1e-3 with the default
+    10,000 bins. Memory and cost are independent of the number of videos seen.
+
+    Counts are int64, so the metric stays exact over arbitrarily large evaluation sets.
+
+    Args:
+        top_k: predictions kept per video.
+        num_bins: histogram resolution over the score range [0, 1].
+        name: metric name (shown in logs as e.g. `val_gap`).
+        dtype: dtype of the result.
+
+    Call arguments (`update_state`):
+        y_true: dense 0/1 labels `[B, C]`.
+        y_pred: scores `[B, C]`, expected in [0, 1] (sigmoid outputs).
+        sample_weight: optional `[B]`; videos with weight <= 0 are left out (e.g. padding rows).
+            Positive weights are not used as multipliers: GAP is defined on counts.
+
+    Example:
+        ```python
+        model.compile(optimizer="adam", loss="binary_crossentropy",
+                      metrics=[GlobalAveragePrecision(top_k=20)])
+        ```
+    """
+
+    def __init__(
+        self,
+        top_k: int = 20,
+        num_bins: int = 10_000,
+        name: str = "gap",
+        dtype: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        self.top_k = _check_k(top_k, "top_k")
+        self.num_bins = _check_k(num_bins, "num_bins")
+        self.bin_positives = self.add_variable(
+            shape=(self.num_bins,), initializer="zeros", dtype="int64", name="bin_positives"
+        )
+        self.bin_counts = self.add_variable(
+            shape=(self.num_bins,), initializer="zeros", dtype="int64", name="bin_counts"
+        )
+        self.total_positives = self.add_variable(
+            shape=(), initializer="zeros", dtype="int64", name="total_positives"
+        )
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.cast(ops.convert_to_tensor(y_true), "float32")  # bool / int / float labels
+        num_classes = y_pred.shape[-1]
+        k = self.top_k if num_classes is None else min(self.top_k, num_classes)
+        scores, indices = ops.top_k(y_pred, k)  # [B, k]
+        hits = ops.cast(ops.take_along_axis(y_true, indices, axis=1) > 0.5, "float32")  # [B, k]
+        labeled = ops.cast(y_true > 0.5, "float32")  # [B, C]
+        if sample_weight is not None:
+            keep = ops.cast(
+                ops.reshape(ops.convert_to_tensor(sample_weight), (-1, 1)) > 0, "float32"
+            )  # [B, 1]
+            hits, labeled = hits * keep, labeled * keep
+            counted = ops.ones_like(hits) * keep  # [B, k]
+        else:
+            counted = ops.ones_like(hits)
+        bins = ops.cast(ops.floor(ops.cast(scores, "float32") * self.num_bins), "int32")
+        bins = ops.clip(bins, 0, self.num_bins - 1)  # [B, k]
+        # A segment sum with a static number of segments (unlike bincount) compiles under XLA, which
+        # Keras enables by default on GPU. Per-batch sums of 0/1 values are exact in float32.
+        per_bin = ops.segment_sum(
+            ops.reshape(ops.stack([counted, hits], axis=-1), (-1, 2)),  # [B*k, 2]
+            ops.reshape(bins, (-1,)),
+            num_segments=self.num_bins,
+        )  # [num_bins, 2]
+        per_bin = ops.cast(ops.round(per_bin), "int64")
+        self.bin_counts.assign_add(per_bin[:, 0])
+        self.bin_positives.assign_add(per_bin[:, 1])
+        self.total_positives.assign_add(ops.cast(ops.round(ops.sum(labeled)), "int64"))
+
+    def result(self) -> Any:
+        # Highest scores first.
+        positives = ops.flip(ops.cast(self.bin_positives, "float64"), axis=0)  # [num_bins]
+        counts = ops.flip(ops.cast(self.bin_counts, "float64"), axis=0)  # [num_bins]
+        precision = ops.cumsum(positives) / ops.maximum(ops.cumsum(counts), 1.0)
+        total = ops.maximum(ops.cast(self.total_positives, "float64"), 1.0)
+        return ops.cast(ops.sum(precision * positives) / total, self.dtype)
+
+    def reset_state(self) -> None:
+        for variable in (self.bin_positives, self.bin_counts, self.total_positives):
+            variable.assign(ops.zeros(variable.shape, dtype=variable.dtype))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"top_k": self.top_k, "num_bins": self.num_bins})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="nextvlad")
+class HitAtOne(keras.metrics.Metric):
+    """Streaming Hit@1: fraction of videos whose top-scoring class is a true label.
+
+    Matches the numpy `hit_at_one` (all videos count; ties may be broken differently by a backend's
+    argmax). With `sample_weight`, the weighted mean over videos.
+
+    Args:
+        name: metric name.
+        dtype: dtype of the result.
+
+    Call arguments (`update_state`):
+        y_true: dense 0/1 labels `[B, C]`.
+        y_pred: scores `[B, C]`.
+        sample_weight: optional per-video weights `[B]`.
+    """
+
+    def __init__(self, name: str = "hit_at_one", dtype: Any = None, **kwargs: Any) -> None:
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        self.hits = self.add_variable(shape=(), initializer="zeros", dtype="float64", name="hits")
+        self.videos = self.add_variable(shape=(), initializer="zeros", dtype="float64", name="videos")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.cast(ops.convert_to_tensor(y_true), "float32")
+        top1 = ops.expand_dims(ops.argmax(y_pred, axis=-1), -1)  # [B, 1]
+        hit = ops.cast(ops.take_along_axis(y_true, top1, axis=1)[:, 0] > 0.5, "float64")  # [B]
+        if sample_weight is None:
+            weight = ops.ones_like(hit)
+        else:
+            weight = ops.cast(ops.reshape(ops.convert_to_tensor(sample_weight), (-1,)), "float64")
+        self.hits.assign_add(ops.sum(hit * weight))
+        self.videos.assign_add(ops.sum(weight))
+
+    def result(self) -> Any:
+        return ops.cast(ops.divide_no_nan(self.hits, self.videos), self.dtype)
+
+    def reset_state(self) -> None:
+        self.hits.assign(ops.zeros((), dtype="float64"))
+        self.videos.assign(ops.zeros((), dtype="float64"))

@@ -1,0 +1,550 @@
+"""Synthetic frame-level corpus in the exact YouTube-8M format, for tests, benchmarks and the demo.
+
+Run:
+
+    python -m nextvlad.synthetic --output /tmp/synthetic --num_videos 1000 --num_classes 20 --shards 4
+
+writes `/tmp/synthetic/synthetic-0000{0..3}-of-00004.tfrecord` (`tf.train.SequenceExample`: context
+`id`, `labels`; feature lists `rgb` 1024 uint8 and `audio` 128 uint8 per frame) and
+`/tmp/synthetic/label_names.csv`, then prints a summary (files, videos, videos/s, label counts).
+
+How the data is built (so that *which* frames occur matters, not only their mean):
+
+- Every frame shows one "scene": a fixed prototype vector plus per-frame noise, in the dequantized
+  range [-2, 2]. Consecutive frames come in shots (runs of the same scene, ~2 frames on average).
+- Most frames show background scenes shared by all classes; each video mixes them in its own random
+  proportions (Dirichlet), so video means vary a lot for reasons unrelated to the labels.
+- Each class owns one pair of distinctive scenes placed symmetrically around the background mean
+  (`m + d_c` and `m - d_c + e_c`, with a small asymmetry `e_c`). A video with label `c` shows the
+  pair in a minority of its frames (5-20%), half each, so in the mean-pooled features the pair
+  nearly cancels: mean pooling sees only the weak `e_c` term and the random imbalance between the
+  two halves, while a cluster/histogram pooling that counts frames near each scene detects the
+  label easily.
+- Audio follows the same recipe with its own scenes, but is weaker (its class scenes are present in
+  60% of positive videos, in 5-15% of frames, with more noise) and complementary (the rgb scenes are
+  missing from 10% of positive videos, independently of the audio).
+- Labels: 1-4 per video (configurable), drawn without replacement with Zipf-like class frequencies
+  (`p_c ~ 1 / (c + 1)`), like a real catalogue where a few classes dominate.
+
+Determinism: video `i` depends only on the seed, its index and the content arguments (classes, frame
+and label ranges; `--prefix` names its id), never on `--shards` or `--num_videos`: the shards are
+contiguous slices of one stream, so the same seed gives byte-identical records however the corpus
+is sharded.
+
+Speed: frames are gathered from precomputed quantized noisy copies of each scene (mixed per
+128-byte chunk, so frames rarely repeat) and serialized with the hand-encoded writer of
+`nextvlad.yt8m`; no per-frame float math or Python loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import io
+import itertools
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from nextvlad import yt8m
+
+logger = logging.getLogger(__name__)
+
+LABEL_NAMES_FILE = "label_names.csv"
+
+_BLOCK_SIZE = 256  # videos generated together (vectorised); each block has its own random stream
+_NUM_BACKGROUND_RGB = 32  # background scenes shared by all classes
+_NUM_BACKGROUND_AUDIO = 16
+_MEAN_SHOT_LENGTH = 2.0  # frames per run of one scene, on average
+_BACKGROUND_CONCENTRATION = 0.5  # Dirichlet concentration of a video's background mixture (low: few dominate)
+_ZIPF_EXPONENT = 1.0  # class frequency ~ 1 / (rank + 1) ** exponent
+_BANK_BUDGET_BYTES = 48 << 20  # memory for the precomputed noisy scene copies (both modalities)
+_MAX_VARIANTS = 64  # noisy copies per scene (per chunk)
+_MIN_VARIANTS = 4
+_CHUNK = 128  # bytes per independently chosen noise chunk; frames are built from chunks of copies
+
+
+@dataclass(frozen=True)
+class _Modality:
+    """How one feature stream (rgb or audio) is generated."""
+
+    name: str
+    size: int  # bytes per frame
+    num_background: int  # background scenes shared by all classes
+    center_std: float  # std of the background mean m
+    background_std: float  # std of each background scene around m
+    class_std: float  # std of a class's half-difference d_c
+    asymmetry: float  # ||e_c|| relative to ||d_c||: how much of the pair leaks into the mean
+    noise_std: float  # per-frame noise
+    presence: float  # probability that a positive video shows this modality's class scenes
+    fraction: tuple[float, float]  # share of frames showing a present label's scenes (uniform range)
+
+
+_RGB = _Modality(
+    name="rgb",
+    size=yt8m.RGB_SIZE,
+    num_background=_NUM_BACKGROUND_RGB,
+    center_std=0.25,
+    background_std=0.5,
+    class_std=0.5,
+    asymmetry=0.1,
+    noise_std=0.3,
+    presence=0.9,
+    fraction=(0.05, 0.20),
+)
+_AUDIO = _Modality(
+    name="audio",
+    size=yt8m.AUDIO_SIZE,
+    num_background=_NUM_BACKGROUND_AUDIO,
+    center_std=0.25,
+    background_std=0.5,
+    class_std=0.35,
+    asymmetry=0.1,
+    noise_std=0.5,
+    presence=0.6,
+    fraction=(0.05, 0.15),
+)
+
+
+@dataclass(frozen=True)
+class SceneBank:
+    """The scene prototypes of a corpus (dequantized units), for analysis and tests.
+
+    Scene ids: `0 .. num_background-1` are background scenes; class `c` owns scenes
+    `num_background + 2c` (`m + d_c`) and `num_background + 2c + 1` (`m - d_c + e_c`).
+
+    Attributes:
+        rgb: float32 [num_background_rgb + 2C, 1024] rgb scene prototypes.
+        audio: float32 [num_background_audio + 2C, 128] audio scene prototypes.
+        num_background_rgb: number of background rgb scenes.
+        num_background_audio: number of background audio scenes.
+    """
+
+    rgb: np.ndarray
+    audio: np.ndarray
+    num_background_rgb: int
+    num_background_audio: int
+
+    def class_scenes(self, label: int, modality: str = "rgb") -> tuple[int, int]:
+        """The two scene ids owned by class `label` in `modality` ("rgb" or "audio")."""
+        base = self.num_background_rgb if modality == "rgb" else self.num_background_audio
+        return base + 2 * label, base + 2 * label + 1
+
+
+def _seed_sequence(seed: int, *key: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence(seed, spawn_key=key)
+
+
+def _prototypes(modality: _Modality, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Float prototypes [B + 2C, D]: backgrounds around m, then each class's pair around m."""
+    d = modality.size
+    center = rng.normal(0.0, modality.center_std, d)  # [D]
+    background = rng.normal(0.0, modality.background_std, (modality.num_background, d))  # [B, D]
+    # Centre the backgrounds exactly on m, so that a pair summing to 2m is, in the mean, the same as
+    # showing more of the (video-dependent) background mixture.
+    background += center - background.mean(axis=0)
+    half = rng.normal(0.0, modality.class_std, (num_classes, d))  # [C, D]
+    leak = rng.normal(0.0, modality.class_std * modality.asymmetry, (num_classes, d))  # [C, D]
+    pairs = np.stack([center + half, center - half + leak], axis=1).reshape(2 * num_classes, d)  # [2C, D]
+    return np.concatenate([background, pairs]).astype(np.float32)
+
+
+def _noisy_copies(
+    prototypes: np.ndarray, noise_std: float, num_variants: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Quantized noisy copies, laid out for one flat gather: [S * V * chunks, CHUNK] uint8."""
+    num_scenes, d = prototypes.shape
+    chunks = d // _CHUNK
+    out = np.empty((num_scenes, num_variants, d), dtype=np.uint8)
+    step = max(1, (1 << 22) // (num_variants * d))  # scenes per batch: ~16 MB of float32 temporaries
+    for s in range(0, num_scenes, step):
+        batch = prototypes[s : s + step, None, :]  # [b, 1, D]
+        noise = rng.standard_normal((batch.shape[0], num_variants, d), dtype=np.float32)  # [b, V, D]
+        out[s : s + step] = yt8m.quantize(batch + np.float32(noise_std) * noise)
+    return out.reshape(num_scenes * num_variants * chunks, _CHUNK)
+
+
+def scene_bank(num_classes: int, *, seed: int = 0) -> SceneBank:
+    """The scene prototypes `generate_corpus` uses for `num_classes` and `seed`.
+
+    Args:
+        num_classes: number of classes.
+        seed: corpus seed.
+
+    Returns:
+        The `SceneBank` (float prototypes before noise and quantization).
+    """
+    rng = np.random.default_rng(_seed_sequence(seed, 0))
+    return SceneBank(
+        rgb=_prototypes(_RGB, num_classes, rng),
+        audio=_prototypes(_AUDIO, num_classes, rng),
+        num_background_rgb=_RGB.num_background,
+        num_background_audio=_AUDIO.num_background,
+    )
+
+
+class _Generator:
+    """Generates blocks of videos; holds the precomputed quantized scene copies."""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        seed: int,
+        min_frames: int,
+        max_frames: int,
+        min_labels: int,
+        max_labels: int,
+        id_prefix: str,
+    ) -> None:
+        self.num_classes = num_classes
+        self.seed = seed
+        self.min_frames, self.max_frames = min_frames, max_frames
+        self.min_labels, self.max_labels = min_labels, max_labels
+        self.id_prefix = id_prefix
+        bank = scene_bank(num_classes, seed=seed)
+        num_scenes = {"rgb": bank.rgb.shape[0], "audio": bank.audio.shape[0]}
+        bytes_per_variant = num_scenes["rgb"] * _RGB.size + num_scenes["audio"] * _AUDIO.size
+        self.num_variants = int(
+            np.clip(_BANK_BUDGET_BYTES // bytes_per_variant, _MIN_VARIANTS, _MAX_VARIANTS)
+        )
+        rng = np.random.default_rng(_seed_sequence(seed, 1))
+        self.copies = {
+            "rgb": _noisy_copies(bank.rgb, _RGB.noise_std, self.num_variants, rng),
+            "audio": _noisy_copies(bank.audio, _AUDIO.noise_std, self.num_variants, rng),
+        }
+        weights = 1.0 / np.arange(1, num_classes + 1) ** _ZIPF_EXPONENT
+        self.log_class_prior = np.log(weights / weights.sum())  # [C]
+
+    def block(self, index: int, count: int) -> Iterator[tuple[bytes, list[int], int]]:
+        """(record, labels, frames) of videos `index * BLOCK .. index * BLOCK + count - 1`."""
+        rng = np.random.default_rng(_seed_sequence(self.seed, 2, index))
+        num_frames = rng.integers(self.min_frames, self.max_frames + 1, _BLOCK_SIZE)  # [n]
+        labels = self._labels(rng)  # [n, Lmax], -1 = no label
+        starts = np.concatenate([[0], np.cumsum(num_frames)[:-1]])  # [n]
+        total = int(num_frames.sum())
+        video_of_frame = np.repeat(np.arange(_BLOCK_SIZE), num_frames)  # [F]
+        # Shots: a new one at every video start, and with probability 1/mean_length at any frame.
+        new_shot = rng.random(total) < 1.0 / _MEAN_SHOT_LENGTH  # [F]
+        new_shot[starts] = True
+        shot_of_frame = np.cumsum(new_shot) - 1  # [F]
+        video_of_shot = video_of_frame[new_shot]  # [S]
+        frames = {
+            modality.name: self._frames(modality, rng, labels, video_of_shot, shot_of_frame)
+            for modality in (_RGB, _AUDIO)
+        }
+        first = index * _BLOCK_SIZE
+        for v in range(count):
+            start, stop = starts[v], starts[v] + num_frames[v]
+            video_labels = np.sort(labels[v][labels[v] >= 0]).tolist()
+            record = yt8m.frame_example_bytes(
+                f"{self.id_prefix}{first + v:07d}",
+                video_labels,
+                frames["rgb"][start:stop],
+                frames["audio"][start:stop],
+            )
+            yield record, video_labels, int(num_frames[v])
+
+    def _labels(self, rng: np.random.Generator) -> np.ndarray:
+        """[n, max_labels] class ids without repeats, Zipf-weighted; unused slots are -1."""
+        n, lmax = _BLOCK_SIZE, self.max_labels
+        counts = rng.integers(self.min_labels, lmax + 1, n)  # [n]
+        if lmax == 0:
+            return np.full((n, 0), -1, dtype=np.int64)
+        # Gumbel top-k: the k largest of log p + Gumbel noise are a weighted draw without replacement.
+        keys = self.log_class_prior + rng.gumbel(size=(n, self.num_classes))  # [n, C]
+        top = np.argpartition(-keys, lmax - 1, axis=1)[:, :lmax]  # [n, Lmax]; keys are tie-free floats
+        order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1)
+        ranked = np.take_along_axis(top, order, axis=1)  # [n, Lmax], most likely draw first
+        return np.where(np.arange(lmax) < counts[:, None], ranked, -1).astype(np.int64)
+
+    def _frames(
+        self,
+        modality: _Modality,
+        rng: np.random.Generator,
+        labels: np.ndarray,
+        video_of_shot: np.ndarray,
+        shot_of_frame: np.ndarray,
+    ) -> np.ndarray:
+        """Quantized frames [F, D] for one modality."""
+        n, lmax = labels.shape
+        nb = modality.num_background
+        # Share of frames for each label slot: 0 for empty slots and when the modality lacks evidence.
+        present = (labels >= 0) & (rng.random((n, lmax)) < modality.presence)  # [n, Lmax]
+        share = np.where(present, rng.uniform(*modality.fraction, (n, lmax)), 0.0)  # [n, Lmax]
+        mixture = rng.dirichlet(np.full(nb, _BACKGROUND_CONCENTRATION), n)  # [n, B]
+        # Slots per video: B backgrounds, then each label's two scenes (half of its share each).
+        probs = np.concatenate(
+            [mixture * (1.0 - share.sum(axis=1, keepdims=True)), np.repeat(share / 2, 2, axis=1)], axis=1
+        )  # [n, B + 2 Lmax]
+        pair_scenes = nb + 2 * np.maximum(labels, 0)[:, :, None] + np.arange(2)  # [n, Lmax, 2]
+        slot_scene = np.concatenate(
+            [np.broadcast_to(np.arange(nb), (n, nb)), pair_scenes.reshape(n, 2 * lmax)], axis=1
+        )  # [n, B + 2 Lmax]
+        cdf = np.cumsum(probs, axis=1)  # [n, slots]
+        u = rng.random(video_of_shot.size) * cdf[video_of_shot, -1]  # [S]
+        slot = (u[:, None] >= cdf[video_of_shot]).sum(axis=1)  # [S], inverse-CDF draw
+        slot = np.minimum(slot, cdf.shape[1] - 1)
+        scene = slot_scene[video_of_shot, slot][shot_of_frame]  # [F]
+        # Each chunk of each frame picks its own noisy copy of the scene.
+        chunks = modality.size // _CHUNK
+        variant = rng.integers(0, self.num_variants, (scene.size, chunks))  # [F, chunks]
+        flat = (scene[:, None] * self.num_variants + variant) * chunks + np.arange(chunks)  # [F, chunks]
+        return np.take(self.copies[modality.name], flat.ravel(), axis=0).reshape(scene.size, modality.size)
+
+
+def _validate(
+    *,
+    num_videos: int,
+    num_classes: int,
+    shards: int,
+    min_frames: int,
+    max_frames: int,
+    min_labels: int,
+    max_labels: int,
+    prefix: str,
+) -> None:
+    def positive(name: str, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+
+    positive("num_videos", num_videos)
+    positive("num_classes", num_classes)
+    positive("shards", shards)
+    positive("min_frames", min_frames)
+    positive("max_frames", max_frames)
+    if shards > num_videos:
+        raise ValueError(
+            f"shards={shards} is more than num_videos={num_videos}; every shard needs at least one video. "
+            "Lower --shards or raise --num_videos."
+        )
+    if min_frames > max_frames:
+        raise ValueError(f"min_frames={min_frames} is larger than max_frames={max_frames}; swap or fix them.")
+    if min_labels < 0 or min_labels > max_labels:
+        raise ValueError(
+            f"labels per video must satisfy 0 <= min <= max; got min={min_labels}, max={max_labels}."
+        )
+    if max_labels > num_classes:
+        raise ValueError(
+            f"max labels per video ({max_labels}) exceeds num_classes ({num_classes}); a video cannot hold "
+            "more distinct labels than there are classes."
+        )
+    if not prefix or "/" in prefix or any(c.isspace() for c in prefix):
+        raise ValueError(
+            f"prefix must be a non-empty file-name prefix without '/' or spaces; got {prefix!r}."
+        )
+
+
+def shard_path(output_dir: str, prefix: str, shard: int, shards: int) -> str:
+    """Path of one shard: `{output_dir}/{prefix}-{shard:05d}-of-{shards:05d}.tfrecord`."""
+    return os.path.join(output_dir, f"{prefix}-{shard:05d}-of-{shards:05d}.tfrecord")
+
+
+def generate_corpus(
+    output_dir: str | os.PathLike,
+    *,
+    num_videos: int = 1000,
+    num_classes: int = 20,
+    shards: int = 4,
+    seed: int = 0,
+    min_frames: int = 30,
+    max_frames: int = 120,
+    labels_per_video: tuple[int, int] = (1, 4),
+    prefix: str = "synthetic",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write a synthetic frame-level YouTube-8M corpus (see the module docstring for its design).
+
+    Args:
+        output_dir: directory (local or gs://) for the shards and `label_names.csv`; created if missing.
+        num_videos: videos in total.
+        num_classes: label vocabulary size.
+        shards: number of TFRecord files; videos are split into contiguous, near-equal slices.
+        seed: random seed; equal arguments give byte-identical files, and each video's record is the
+            same for any `shards` / `num_videos`.
+        min_frames: fewest frames per video (inclusive).
+        max_frames: most frames per video (inclusive); readers keep at most 300.
+        labels_per_video: (min, max) labels per video, inclusive; min 0 allows unlabeled videos.
+        prefix: file-name prefix of the shards, also the prefix of video ids.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        Summary dict: `output_dir`, `files` (shard paths), `label_names` (CSV path), `num_videos`,
+        `num_frames`, `num_classes`, `seed`, `bytes` (records' total size), `seconds`,
+        `videos_per_second`, `label_counts` (videos per class, list of length num_classes) and
+        `labels_per_video` (dict: label count -> videos).
+
+    Raises:
+        ValueError: an argument is out of range (the message names it).
+    """
+    if len(labels_per_video) != 2:
+        raise ValueError(f"labels_per_video must be a (min, max) pair; got {labels_per_video!r}.")
+    min_labels, max_labels = (int(v) for v in labels_per_video)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
+    _validate(
+        num_videos=num_videos,
+        num_classes=num_classes,
+        shards=shards,
+        min_frames=min_frames,
+        max_frames=max_frames,
+        min_labels=min_labels,
+        max_labels=max_labels,
+        prefix=prefix,
+    )
+    output_dir = os.fspath(output_dir)
+    started = time.perf_counter()
+    tf.io.gfile.makedirs(output_dir)
+    generator = _Generator(
+        num_classes=num_classes,
+        seed=seed,
+        min_frames=min_frames,
+        max_frames=max_frames,
+        min_labels=min_labels,
+        max_labels=max_labels,
+        id_prefix=f"{prefix}-{seed}-",
+    )
+
+    label_counts = np.zeros(num_classes, dtype=np.int64)
+    labels_per_video_hist: collections.Counter[int] = collections.Counter()
+    totals = {"frames": 0, "bytes": 0}
+
+    def stream() -> Iterator[tuple[bytes, list[int], int]]:
+        for block in range((num_videos + _BLOCK_SIZE - 1) // _BLOCK_SIZE):
+            count = min(_BLOCK_SIZE, num_videos - block * _BLOCK_SIZE)
+            yield from generator.block(block, count)
+
+    def tally(records: Iterator[tuple[bytes, list[int], int]], bar: Any) -> Iterator[bytes]:
+        for record, labels, frames in records:
+            label_counts[labels] += 1
+            labels_per_video_hist[len(labels)] += 1
+            totals["frames"] += frames
+            totals["bytes"] += len(record)
+            bar.update(1)
+            yield record
+
+    records = stream()
+    files = []
+    with tqdm(total=num_videos, unit="video", disable=not progress, file=sys.stderr) as bar:
+        for shard in range(shards):
+            begin, end = shard * num_videos // shards, (shard + 1) * num_videos // shards
+            path = shard_path(output_dir, prefix, shard, shards)
+            yt8m.write_tfrecords(path, tally(itertools.islice(records, end - begin), bar))
+            files.append(path)
+
+    label_names = os.path.join(output_dir, LABEL_NAMES_FILE)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["label_id", "label_name"])
+    writer.writerows((c, f"class_{c:04d}") for c in range(num_classes))
+    with tf.io.gfile.GFile(label_names, "w") as f:
+        f.write(buffer.getvalue())
+
+    seconds = time.perf_counter() - started
+    summary = {
+        "output_dir": output_dir,
+        "files": files,
+        "label_names": label_names,
+        "num_videos": num_videos,
+        "num_frames": totals["frames"],
+        "num_classes": num_classes,
+        "seed": seed,
+        "bytes": totals["bytes"],
+        "seconds": seconds,
+        "videos_per_second": num_videos / seconds if seconds > 0 else float("inf"),
+        "label_counts": label_counts.tolist(),
+        "labels_per_video": dict(sorted(labels_per_video_hist.items())),
+    }
+    logger.info(
+        "wrote %d videos (%d frames) in %d files to %s in %.2fs (%.0f videos/s)",
+        num_videos,
+        totals["frames"],
+        shards,
+        output_dir,
+        seconds,
+        summary["videos_per_second"],
+    )
+    return summary
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m nextvlad.synthetic",
+        description=(
+            "Write a synthetic frame-level corpus in the YouTube-8M SequenceExample format "
+            "(rgb 1024 + audio 128 uint8 per frame) plus label_names.csv. Labels are learnable from "
+            "which scenes the frames show, and only weakly from the mean of the frames."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--output", required=True, default=argparse.SUPPRESS, help="output directory (local or gs://)"
+    )
+    parser.add_argument("--num_videos", type=int, default=1000, help="videos in total")
+    parser.add_argument("--num_classes", type=int, default=20, help="label vocabulary size")
+    parser.add_argument("--shards", type=int, default=4, help="number of TFRecord files")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    parser.add_argument("--min_frames", type=int, default=30, help="fewest frames per video")
+    parser.add_argument("--max_frames", type=int, default=120, help="most frames per video")
+    parser.add_argument(
+        "--labels_per_video",
+        type=int,
+        nargs=2,
+        default=(1, 4),
+        metavar=("MIN", "MAX"),
+        help="range of labels per video, inclusive (MIN 0 allows unlabeled videos)",
+    )
+    parser.add_argument(
+        "--prefix", default="synthetic", help="shard file-name prefix: PREFIX-SSSSS-of-NNNNN.tfrecord"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the process exit code."""
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = generate_corpus(
+            args.output,
+            num_videos=args.num_videos,
+            num_classes=args.num_classes,
+            shards=args.shards,
+            seed=args.seed,
+            min_frames=args.min_frames,
+            max_frames=args.max_frames,
+            labels_per_video=tuple(args.labels_per_video),
+            prefix=args.prefix,
+            progress=not args.quiet,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    counts = summary["label_counts"]
+    print(
+        f"Wrote {summary['num_videos']} videos ({summary['num_frames']} frames, "
+        f"{summary['bytes'] / 1e6:.1f} MB) to {len(summary['files'])} files in {summary['output_dir']}"
+    )
+    print(f"  {summary['files'][0]}" + (f" ... {summary['files'][-1]}" if len(summary["files"]) > 1 else ""))
+    print(f"  labels: {summary['label_names']} ({summary['num_classes']} classes)")
+    print(f"  speed: {summary['videos_per_second']:.0f} videos/s ({summary['seconds']:.2f} s)")
+    per_video = ", ".join(f"{k}: {v}" for k, v in summary["labels_per_video"].items())
+    print(f"  labels per video: {per_video}")
+    shown = ", ".join(f"{c}: {n}" for c, n in enumerate(counts[:10])) + (", ..." if len(counts) > 10 else "")
+    print(f"  videos per class (ids in order of expected frequency): {shown}")
+    print(f"  rarest class: {int(np.argmin(counts))} with {min(counts)} videos")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""YouTube-8M metrics: hand-computed cases, tie rules, and the streaming Keras metrics vs numpy."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from nextvlad.metrics import (
+    GlobalAveragePrecision,
+    HitAtOne,
+    average_precision_per_class,
+    gap,
+    hit_at_one,
+    mean_average_precision,
+    perr,
+    top_k,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# 3 videos x 5 classes; every score distinct.
+PREDICTIONS = np.array(
+    [
+        [0.90, 0.80, 0.30, 0.20, 0.10],
+        [0.15, 0.70, 0.60, 0.05, 0.55],
+        [0.50, 0.25, 0.35, 0.85, 0.45],
+    ],
+    dtype=np.float32,
+)
+LABELS = np.array(
+    [
+        [1, 0, 0, 1, 0],
+        [0, 0, 1, 0, 0],
+        [0, 0, 0, 1, 1],
+    ]
+)
+# 5 positive labels in total.
+#
+# GAP@20 (all 15 pairs), sorted by score:
+#   rank  score  video/class  positive  hits  precision
+#     1   0.90   v0 c0        yes       1     1/1
+#     2   0.85   v2 c3        yes       2     2/2
+#     3   0.80   v0 c1        no
+#     4   0.70   v1 c1        no
+#     5   0.60   v1 c2        yes       3     3/5
+#     6   0.55   v1 c4        no
+#     7   0.50   v2 c0        no
+#     8   0.45   v2 c4        yes       4     4/8
+#     9   0.35   v2 c2 ... 11 0.25 v2 c1  no
+#    12   0.20   v0 c3        yes       5     5/12
+#    13-15 (0.15, 0.10, 0.05)  no
+#   each hit adds delta-recall 1/5:
+#   GAP = (1 + 1 + 3/5 + 4/8 + 5/12) / 5 = (60 + 60 + 36 + 30 + 25) / 300 = 211/300
+GAP_ALL = 211 / 300
+#
+# GAP@2: top-2 per video -> v0 (0.90 yes, 0.80 no), v1 (0.70 no, 0.60 yes), v2 (0.85 yes, 0.50 no).
+#   sorted: 0.90 yes (1/1), 0.85 yes (2/2), 0.80 no, 0.70 no, 0.60 yes (3/5), 0.50 no
+#   The recall denominator stays 5 (v0 c3 and v2 c4 are outside the top-2 but still count):
+#   GAP@2 = (1 + 1 + 3/5) / 5 = 13/25
+GAP_TOP2 = 13 / 25
+#
+# Hit@1: top-1 classes are c0 (v0, yes), c1 (v1, no), c3 (v2, yes) -> 2/3.
+# PERR: v0 has L=2, top-2 = {c0, c1} -> 1/2; v1 has L=1, top-1 = {c1} -> 0;
+#       v2 has L=2, top-2 = {c3, c0} -> 1/2.  Mean = 1/3.
+# AP per class (videos ranked by that class's score):
+#   c0: v0 0.90 yes, v2 0.50, v1 0.15          -> 1
+#   c1: no positive                             -> undefined (NaN), excluded from mAP
+#   c2: v1 0.60 yes, v2 0.35, v0 0.30          -> 1
+#   c3: v2 0.85 yes, v0 0.20 yes, v1 0.05      -> (1 + 2/2) / 2 = 1
+#   c4: v1 0.55 no, v2 0.45 yes, v0 0.10       -> 1/2
+#   mAP = (1 + 1 + 1 + 1/2) / 4 = 7/8
+
+
+def test_gap_matches_the_hand_computed_table():
+    assert gap(PREDICTIONS, LABELS) == pytest.approx(GAP_ALL, abs=1e-12)
+    assert gap(PREDICTIONS, LABELS, top_k=5) == pytest.approx(GAP_ALL, abs=1e-12)
+
+
+def test_positives_outside_the_top_k_still_count_in_recall():
+    assert gap(PREDICTIONS, LABELS, top_k=2) == pytest.approx(GAP_TOP2, abs=1e-12)
+    assert gap(PREDICTIONS, LABELS, top_k=2) < gap(PREDICTIONS, LABELS)
+
+
+def test_gap_accepts_bool_int_and_float_labels():
+    for labels in (LABELS.astype(bool), LABELS.astype(np.int64), LABELS.astype(np.float32)):
+        assert gap(PREDICTIONS, labels) == pytest.approx(GAP_ALL, abs=1e-12)
+
+
+def test_gap_edge_cases():
+    # Nothing to recall -> 0 (as the YouTube-8M code does).
+    assert gap(PREDICTIONS, np.zeros_like(LABELS)) == 0.0
+    # Perfect ranking of every positive -> 1.
+    assert gap(LABELS.astype(np.float32), LABELS) == pytest.approx(1.0)
+    # A single positive ranked last among 15 predictions -> precision 1/15.
+    labels = np.zeros_like(LABELS)
+    labels[1, 3] = 1  # score 0.05, the lowest
+    assert gap(PREDICTIONS, labels) == pytest.approx(1 / 15)
+    # ... and outside the top-4 of its video it is never retrieved -> 0.
+    assert gap(PREDICTIONS, labels, top_k=4) == 0.0
+
+
+def test_gap_ties_are_broken_by_video_order():
+    # Equal scores: the pair of the earlier video is ranked first.
+    scores = np.array([[0.5], [0.5]])
+    assert gap(scores, np.array([[1], [0]])) == pytest.approx(1.0)  # positive first: precision 1/1
+    assert gap(scores, np.array([[0], [1]])) == pytest.approx(0.5)  # positive second: precision 1/2
+
+
+def test_top_k_sorts_descending_and_breaks_ties_by_lower_class_id():
+    predictions = np.array(
+        [
+            [0.5, 0.9, 0.5, 0.5, 0.1],
+            [0.0, 0.0, 0.0, 0.0, 0.0],
+            [0.1, 0.2, 0.3, 0.4, 0.5],
+        ]
+    )
+    indices, scores = top_k(predictions, 3)
+    np.testing.assert_array_equal(indices, [[1, 0, 2], [0, 1, 2], [4, 3, 2]])
+    np.testing.assert_array_equal(scores, [[0.9, 0.5, 0.5], [0.0, 0.0, 0.0], [0.5, 0.4, 0.3]])
+    assert indices.dtype == np.int64
+    # k larger than the number of classes keeps them all.
+    indices, _ = top_k(predictions, 20)
+    np.testing.assert_array_equal(indices[0], [1, 0, 2, 3, 4])
+
+
+def test_top_k_agrees_with_a_stable_full_sort_on_heavily_tied_scores():
+    rng = np.random.default_rng(3)
+    predictions = rng.integers(0, 4, size=(50, 300)).astype(np.float32) / 4  # only 4 distinct values
+    indices, scores = top_k(predictions, 20)
+    expected = np.argsort(-predictions, axis=1, kind="stable")[:, :20]
+    np.testing.assert_array_equal(indices, expected)
+    np.testing.assert_array_equal(scores, np.take_along_axis(predictions, expected, axis=1))
+
+
+def test_hit_at_one_perr_and_map_hand_cases():
+    assert hit_at_one(PREDICTIONS, LABELS) == pytest.approx(2 / 3)
+    assert perr(PREDICTIONS, LABELS) == pytest.approx(1 / 3)
+    np.testing.assert_allclose(average_precision_per_class(PREDICTIONS, LABELS), [1, np.nan, 1, 1, 0.5])
+    # The class without positives (c1) is excluded, not counted as 0 (which would give 0.7).
+    assert mean_average_precision(PREDICTIONS, LABELS) == pytest.approx(7 / 8)
+
+
+def test_perr_skips_unlabeled_videos_and_hit_at_one_counts_them():
+    labels = LABELS.copy()
+    labels[1] = 0  # v1 now has no labels
+    # PERR over v0 and v2 only: (1/2 + 1/2) / 2.
+    assert perr(PREDICTIONS, labels) == pytest.approx(0.5)
+    # Hit@1 still divides by all three videos: v0 and v2 hit.
+    assert hit_at_one(PREDICTIONS, labels) == pytest.approx(2 / 3)
+    assert perr(PREDICTIONS, np.zeros_like(labels)) == 0.0
+    assert mean_average_precision(PREDICTIONS, np.zeros_like(labels)) == 0.0
+
+
+def test_average_precision_matches_the_definition_on_random_data():
+    rng = np.random.default_rng(0)
+    predictions = rng.random((40, 6))
+    labels = rng.random((40, 6)) < 0.3
+    ap = average_precision_per_class(predictions, labels)
+    for c in range(6):
+        ranked = labels[np.argsort(-predictions[:, c]), c]
+        positive_ranks = np.flatnonzero(ranked) + 1  # 1-based ranks of the positives
+        expected = np.mean(np.arange(1, positive_ranks.size + 1) / positive_ranks)
+        assert ap[c] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("predictions", "labels", "match"),
+    [
+        (PREDICTIONS, LABELS[:2], r"labels shape \(2, 5\) does not match predictions shape \(3, 5\)"),
+        (PREDICTIONS, LABELS * 2, r"labels must be 0/1; got 2"),
+        (PREDICTIONS[0], LABELS[0], r"2-D array.*got shape \(5,\)"),
+        (np.where(LABELS == 1, np.nan, PREDICTIONS), LABELS, r"non-finite value \(nan at video 0, class 0\)"),
+    ],
+)
+def test_bad_inputs_are_reported_with_the_offending_value(predictions, labels, match):
+    with pytest.raises(ValueError, match=match):
+        gap(predictions, labels)
+
+
+def test_bad_k_is_reported():
+    with pytest.raises(ValueError, match=r"top_k must be a positive integer; got 0"):
+        gap(PREDICTIONS, LABELS, top_k=0)
+    with pytest.raises(ValueError, match=r"k must be a positive integer; got 2.5"):
+        top_k(PREDICTIONS, 2.5)
+
+
+def _streaming_gap(metric, predictions, labels, batch_size, sample_weight=None):
+    for start in range(0, len(predictions), batch_size):
+        stop = start + batch_size
+        weight = None if sample_weight is None else sample_weight[start:stop]
+        metric.update_state(labels[start:stop], predictions[start:stop], sample_weight=weight)
+    return float(keras.ops.convert_to_numpy(metric.result()))
+
+
+def test_streaming_gap_is_exact_on_the_hand_case():
+    # Every score falls in its own bin, so the histogram loses nothing.
+    metric = GlobalAveragePrecision()
+    assert _streaming_gap(metric, PREDICTIONS, LABELS.astype(np.float32), 2) == pytest.approx(
+        GAP_ALL, abs=1e-6
+    )
+    metric = GlobalAveragePrecision(top_k=2)
+    assert _streaming_gap(metric, PREDICTIONS, LABELS, 1) == pytest.approx(GAP_TOP2, abs=1e-6)
+
+
+def test_streaming_gap_agrees_with_numpy_over_many_batches():
+    rng = np.random.default_rng(1)
+    num_videos, num_classes = 700, 60
+    labels = rng.random((num_videos, num_classes)) < 0.05
+    # Informative but imperfect scores, so GAP is far from 0 and 1.
+    predictions = (0.35 * labels + 0.65 * rng.random((num_videos, num_classes))).astype(np.float32)
+    expected = gap(predictions, labels)
+    assert 0.2 < expected < 0.9
+    metric = GlobalAveragePrecision()
+    assert abs(_streaming_gap(metric, predictions, labels.astype(np.float32), 128) - expected) < 2e-3
+    # reset_state starts over: a second pass over half the data matches numpy on that half.
+    metric.reset_state()
+    half = _streaming_gap(metric, predictions[:350], labels[:350].astype(np.float32), 100)
+    assert abs(half - gap(predictions[:350], labels[:350])) < 2e-3
+
+
+def test_streaming_gap_leaves_out_zero_weight_videos():
+    rng = np.random.default_rng(2)
+    predictions = rng.random((64, 10)).astype(np.float32)
+    labels = (rng.random((64, 10)) < 0.2).astype(np.float32)
+    keep = rng.random(64) < 0.5
+    metric = GlobalAveragePrecision(num_bins=100_000)
+    streamed = _streaming_gap(metric, predictions, labels, 16, sample_weight=keep.astype(np.float32))
+    assert streamed == pytest.approx(gap(predictions[keep], labels[keep]), abs=1e-4)
+
+
+def test_streaming_gap_config_round_trip():
+    metric = GlobalAveragePrecision(top_k=5, num_bins=2000, name="gap_at_5")
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(metric))
+    assert type(clone) is GlobalAveragePrecision
+    assert clone.get_config() == metric.get_config()
+    assert (clone.top_k, clone.num_bins, clone.name) == (5, 2000, "gap_at_5")
+
+
+def test_streaming_hit_at_one_matches_numpy():
+    rng = np.random.default_rng(4)
+    predictions = rng.random((90, 7)).astype(np.float32)
+    labels = (rng.random((90, 7)) < 0.3).astype(np.float32)
+    metric = HitAtOne()
+    assert _streaming_gap(metric, predictions, labels, 32) == pytest.approx(hit_at_one(predictions, labels))
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(metric))
+    assert clone.get_config() == metric.get_config()
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager-graph", "xla"])
+def test_metrics_work_in_compile_evaluate_and_survive_save_load(tmp_path, jit_compile):
+    # Keras turns XLA on by default when a GPU is present, so the metric must compile under it.
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(96, 8)).astype(np.float32)
+    labels = (rng.random((96, 12)) < 0.2).astype(np.float32)
+    inputs = keras.Input((8,), name="features")
+    outputs = keras.layers.Dense(12, activation="sigmoid", name="classifier")(inputs)
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        optimizer="adam",
+        loss="binary_crossentropy",
+        metrics=[GlobalAveragePrecision(), HitAtOne()],
+        jit_compile=jit_compile,
+    )
+    model.fit(features, labels, batch_size=32, epochs=1, verbose=0)
+    results = model.evaluate(features, labels, batch_size=20, verbose=0, return_dict=True)
+    predictions = model.predict(features, batch_size=32, verbose=0)
+    assert abs(results["gap"] - gap(predictions, labels)) < 2e-3
+    assert results["hit_at_one"] == pytest.approx(hit_at_one(predictions, labels), abs=1e-6)
+
+    # The registered metric is restored with the compiled model.
+    path = tmp_path / "model.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    again = restored.evaluate(features, labels, batch_size=20, verbose=0, return_dict=True)
+    assert again["gap"] == pytest.approx(results["gap"], abs=1e-6)
+
+
+def test_streaming_gap_runs_on_the_torch_backend():
+    pytest.importorskip("torch")
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        from nextvlad.metrics import GlobalAveragePrecision, gap
+        import keras
+        assert keras.backend.backend() == "torch"
+        predictions = np.array({PREDICTIONS.tolist()}, dtype=np.float32)
+        labels = np.array({LABELS.tolist()}, dtype=np.float32)
+        metric = GlobalAveragePrecision()
+        metric.update_state(labels[:2], predictions[:2])
+        metric.update_state(labels[2:], predictions[2:])
+        print(float(keras.ops.convert_to_numpy(metric.result())), gap(predictions, labels))
+        """
+    )
+    env = {**os.environ, "KERAS_BACKEND": "torch", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    streamed, reference = map(float, done.stdout.split()[-2:])
+    assert streamed == pytest.approx(GAP_ALL, abs=1e-6)
+    assert reference == pytest.approx(GAP_ALL, abs=1e-12)
