@@ -1,0 +1,95 @@
+"""Parquet output of the scoring pipeline: `{output}-SSSSS-of-NNNNN.parquet` with an explicit schema.
+
+The schema is the DESIGN.md "Score output" contract; the embedding is a fixed-size list so that readers
+know its length without looking at the data (DuckDB sees `FLOAT[E]`, pandas a numpy array per row):
+
+| column | type |
+| --- | --- |
+| `id` | string |
+| `num_frames` | int32 (0 for video-level input) |
+| `labels` | list<int32> |
+| `top_classes` | list<int32> |
+| `top_scores` | list<float32> |
+| `embedding` | fixed_size_list<float32>[E] |
+| `model_version` | string |
+
+Read the result with DuckDB (`SELECT * FROM 'PREFIX-*.parquet'`), pyarrow
+(`pyarrow.parquet.read_table(glob.glob("PREFIX-*.parquet"))`) or pandas
+(`pandas.concat(pandas.read_parquet(f) for f in glob.glob("PREFIX-*.parquet"))`).
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import pyarrow as pa
+
+COLUMNS = ("id", "num_frames", "labels", "top_classes", "top_scores", "embedding", "model_version")
+
+
+def output_schema(embedding_size: int) -> pa.Schema:
+    """The pyarrow schema of the score output for embeddings of length `embedding_size`.
+
+    Args:
+        embedding_size: E, the model's embedding length.
+
+    Returns:
+        The schema; every column is required (not nullable).
+    """
+    if embedding_size < 1:
+        raise ValueError(f"embedding_size={embedding_size}; expected a positive length")
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("num_frames", pa.int32(), nullable=False),
+            pa.field("labels", pa.list_(pa.int32()), nullable=False),
+            pa.field("top_classes", pa.list_(pa.int32()), nullable=False),
+            pa.field("top_scores", pa.list_(pa.float32()), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), embedding_size), nullable=False),
+            pa.field("model_version", pa.string(), nullable=False),
+        ]
+    )
+
+
+class WriteParquet(beam.PTransform):
+    """Writes score rows (dicts from `FormatRows`) as sharded Parquet files.
+
+    Args:
+        output: path prefix (local or gs://); files are `{output}-SSSSS-of-NNNNN.parquet`.
+        embedding_size: E, for the schema.
+        num_shards: number of files; 0 (default) lets the runner decide (one per bundle), which avoids
+            shuffling the rows. A fixed count groups all rows first.
+        record_batch_size: rows converted to Arrow at a time; bounds the Python-object buffer.
+        row_group_bytes: Arrow bytes buffered per row group before it is written.
+        codec: Parquet compression codec.
+    """
+
+    def __init__(
+        self,
+        output: str,
+        *,
+        embedding_size: int,
+        num_shards: int = 0,
+        record_batch_size: int = 256,
+        row_group_bytes: int = 32 << 20,
+        codec: str = "snappy",
+    ) -> None:
+        super().__init__()
+        if num_shards < 0:
+            raise ValueError(f"num_shards={num_shards}; expected 0 (runner decides) or a positive count")
+        self._output = output
+        self._schema = output_schema(embedding_size)
+        self._num_shards = num_shards
+        self._record_batch_size = record_batch_size
+        self._row_group_bytes = row_group_bytes
+        self._codec = codec
+
+    def expand(self, rows: beam.PCollection) -> beam.pvalue.PDone:
+        return rows | "WriteToParquet" >> beam.io.WriteToParquet(
+            self._output,
+            self._schema,
+            codec=self._codec,
+            num_shards=self._num_shards,
+            file_name_suffix=".parquet",
+            record_batch_size=self._record_batch_size,
+            row_group_buffer_size=self._row_group_bytes,
+        )

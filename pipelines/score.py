@@ -1,0 +1,506 @@
+"""Score YouTube-8M videos with a trained NeXtVLAD model: one row per video (embedding + top-k labels).
+
+Run locally (with no --input/--model it scores the demo corpus with the demo model from `make demo`):
+
+    python -m pipelines.score --runner=DirectRunner \\
+        --input 'data/frame/train*.tfrecord' --model runs/paper --output scores/run1
+
+writes `scores/run1-SSSSS-of-NNNNN.parquet` (schema: `pipelines.parquet_sink`) and the dead letter
+`scores/run1-errors-SSSSS-of-NNNNN.jsonl` (records that could not be scored, with the reason and the raw
+record), then prints a one-line summary. Every flag this module does not define goes to Beam's
+`PipelineOptions`, so the same command runs on Dataflow with `--runner=DataflowRunner --project ...
+--region ... --temp_location gs://...` (see deploy/ for the GPU worker image and flags). Write to BigQuery
+with `--output_format bigquery --bigquery_table PROJECT:DATASET.TABLE` (add `parquet` to write both);
+the dead letter still goes to `--output`.
+
+Pipeline: ReadFrameRecords (ReadVideoRecords) -> ParseRecords -> KeyById -> RunInference -> FormatRows
+-> WriteParquet / WriteBigQuery; bad records and corrupt files -> WriteDeadLetter.
+
+Checked before anything runs, each with a message saying what to pass: the model exists and is a NeXtVLAD
+scoring model, `--input_format` agrees with the model's inputs and the data, `--top_k` is at most the
+model's class count, the input pattern matches files, the output location is writable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.handler import (
+    PRECISIONS,
+    InvalidModelError,
+    ModelInfo,
+    NeXtVLADModelHandler,
+    default_model_version,
+    enable_gpu_memory_growth,
+    inspect_model,
+)
+from pipelines.parquet_sink import WriteParquet
+from pipelines.transforms import (
+    DEAD_LETTER,
+    METRICS_NAMESPACE,
+    FormatRows,
+    KeyById,
+    ParseRecords,
+    ReadRecords,
+    Record,
+    WriteDeadLetter,
+    read_tfrecord_file,
+)
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = ("parquet", "bigquery")
+DEFAULT_TOP_K = 20
+DEMO_DIR = Path(".demo")
+DEMO_INPUT = DEMO_DIR / "data" / "*.tfrecord"
+DEMO_MODEL = DEMO_DIR / "model" / "model.keras"
+DEMO_OUTPUT = DEMO_DIR / "scores" / "scores"
+
+
+class ScoreSetupError(ValueError):
+    """The job cannot start as configured; the message names the bad value and what to pass instead."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSummary:
+    """Counts and speed of one scoring run, from the pipeline's metrics."""
+
+    records_read: int  # records read (a corrupt file's unreadable remainder counts as one)
+    videos_scored: int  # output rows
+    dead_letters: dict[str, int]  # dead letters by reason
+    batches: int  # inference calls
+    seconds: float  # wall time of the pipeline run (model loading included)
+    output: str  # the output prefix
+
+    @property
+    def num_dead_letters(self) -> int:
+        return sum(self.dead_letters.values())
+
+    @property
+    def videos_per_second(self) -> float:
+        return self.videos_scored / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        """The one-line human summary printed at the end of a run."""
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self.dead_letters.items()))
+        dead = f"{self.num_dead_letters} dead letters ({reasons})" if reasons else "0 dead letters"
+        return (
+            f"Scored {self.videos_scored} videos of {self.records_read} records read; {dead}; "
+            f"{self.batches} batches in {self.seconds:.1f}s ({self.videos_per_second:.1f} videos/s); "
+            f"output {self.output}-*"
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: an abbreviation must not swallow one of Beam's flags.
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.score",
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
+        epilog="Every other flag (e.g. --runner, --project, --direct_num_workers) goes to Beam.",
+    )
+    parser.add_argument("--input", help=f"TFRecord glob, local or gs:// (default: {DEMO_INPUT})")
+    parser.add_argument(
+        "--model", help=f"model directory holding model.keras, or a .keras file (default: {DEMO_MODEL})"
+    )
+    parser.add_argument(
+        "--output", help=f"output path prefix, local or gs:// (default with the demo: {DEMO_OUTPUT})"
+    )
+    parser.add_argument(
+        "--output_format",
+        nargs="+",
+        choices=OUTPUT_FORMATS,
+        default=["parquet"],
+        help="one or both of parquet (default) and bigquery",
+    )
+    parser.add_argument("--bigquery_table", help="PROJECT:DATASET.TABLE (or DATASET.TABLE with --project)")
+    parser.add_argument(
+        "--bigquery_method",
+        default="FILE_LOADS",
+        choices=("FILE_LOADS", "STREAMING_INSERTS"),
+        help="BigQuery write method",
+    )
+    parser.add_argument(
+        "--bigquery_temp_location", help="gs:// folder for BigQuery load files (default: --temp_location)"
+    )
+    parser.add_argument(
+        "--top_k",
+        type=int,
+        help=f"classes kept per video (default {DEFAULT_TOP_K}, or all of a smaller model's)",
+    )
+    parser.add_argument("--batch_size", type=int, default=64, help="videos per inference batch (default 64)")
+    parser.add_argument(
+        "--num_shards", type=int, default=0, help="Parquet files to write; 0 (default) lets the runner decide"
+    )
+    parser.add_argument(
+        "--input_format",
+        choices=("frame", "video"),
+        help="frame (SequenceExample) or video (mean_rgb/mean_audio); default: what the model takes",
+    )
+    parser.add_argument("--max_frames", type=int, default=300, help="frames kept per video (default 300)")
+    parser.add_argument(
+        "--model_version",
+        help="written into every row (default: model directory name @ short sha256 of the file)",
+    )
+    parser.add_argument(
+        "--skip_corrupt_files",
+        action="store_true",
+        help="list truncated/corrupt TFRecord data in the dead letter instead of failing the job",
+    )
+    parser.add_argument(
+        "--pca_eigenvals",
+        help="yt8m_pca/eigenvals.npy: reverse-whiten rgb as the model was trained (NeXtVLAD paper §3.3)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="float32 (default, exact) or mixed (float16 on GPU / bfloat16 on CPU)",
+    )
+    parser.add_argument(
+        "--share_model",
+        action="store_true",
+        help="load one model per worker machine and share it across its SDK processes (GPU workers)",
+    )
+    parser.add_argument(
+        "--model_copies", type=int, help="with sharing: model copies per machine (implies --share_model)"
+    )
+    parser.add_argument(
+        "--reshuffle",
+        action="store_true",
+        help="redistribute records after reading, for inputs with fewer files than worker cores (costs a "
+        "shuffle of the raw records; on the DirectRunner it holds the whole input in memory)",
+    )
+    return parser
+
+
+def parse_known_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """Splits the command line into this pipeline's arguments and Beam's.
+
+    Args:
+        argv: command-line arguments (without the program name); None reads `sys.argv`.
+
+    Returns:
+        `(known, beam_args)`: the parsed scoring arguments and the remaining flags for `PipelineOptions`.
+    """
+    return _parser().parse_known_args(argv)
+
+
+def _fail(message: str) -> None:
+    raise ScoreSetupError(message)
+
+
+def _apply_demo_defaults(args: argparse.Namespace) -> None:
+    """Missing --input/--model fall back to the demo corpus and model, when `make demo` made them."""
+    demo = args.input is None and args.model is None
+    if args.input is None:
+        if not FileSystems.match([str(DEMO_INPUT)])[0].metadata_list:
+            _fail(
+                f"No --input given and no demo corpus at {DEMO_INPUT}: run `make demo` first, or pass "
+                "--input 'PATTERN.tfrecord' --model MODEL_DIR --output PREFIX"
+            )
+        args.input = str(DEMO_INPUT)
+    if args.model is None:
+        if not DEMO_MODEL.is_file():
+            _fail(
+                f"No --model given and no demo model at {DEMO_MODEL}: run `make demo` first, or pass "
+                "--model MODEL_DIR (a directory with model.keras, or a .keras file)"
+            )
+        args.model = str(DEMO_MODEL)
+    if args.output is None:
+        if not demo:
+            _fail(
+                "--output is required: pass an output prefix, e.g. --output scores/run1 or gs://BUCKET/scores/run1"
+            )
+        args.output = str(DEMO_OUTPUT)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    for name, minimum in (("top_k", 1), ("batch_size", 1), ("num_shards", 0), ("max_frames", 1)):
+        if getattr(args, name) is not None and getattr(args, name) < minimum:
+            _fail(f"--{name}={getattr(args, name)} must be >= {minimum}")
+    if args.model_copies is not None and args.model_copies < 1:
+        _fail(f"--model_copies={args.model_copies} must be >= 1")
+    args.output_format = list(dict.fromkeys(args.output_format))
+    if "bigquery" in args.output_format:
+        if not args.bigquery_table:
+            _fail("--output_format bigquery needs --bigquery_table PROJECT:DATASET.TABLE")
+        from pipelines.bigquery import parse_table_spec
+
+        try:
+            parse_table_spec(args.bigquery_table)
+        except ValueError as e:
+            _fail(f"--bigquery_table: {e}")
+    elif args.bigquery_table:
+        _fail(
+            "--bigquery_table is set but --output_format does not include bigquery; "
+            "add --output_format bigquery"
+        )
+    if args.output.endswith(("/", "\\")):
+        _fail(
+            f"--output={args.output!r} is a directory; pass a file prefix inside it, e.g. {args.output}scores"
+        )
+
+
+def _check_model(args: argparse.Namespace) -> ModelInfo:
+    info = inspect_model(args.model)
+    if args.input_format is None:
+        args.input_format = info.input_format
+    elif args.input_format != info.input_format:
+        inputs = "rgb, audio, num_frames" if info.input_format == "frame" else "mean_rgb, mean_audio"
+        _fail(
+            f"--input_format={args.input_format} but the model {info.path} takes {info.input_format}-level "
+            f"inputs ({inputs}); pass --input_format {info.input_format} (or leave it out), or a model "
+            f"trained on {args.input_format}-level data"
+        )
+    if args.top_k is None:
+        args.top_k = min(DEFAULT_TOP_K, info.num_classes)
+    elif args.top_k > info.num_classes:
+        _fail(
+            f"--top_k={args.top_k} is larger than the model's {info.num_classes} classes; pass --top_k "
+            f"{info.num_classes} or less"
+        )
+    return info
+
+
+def _check_input(args: argparse.Namespace, info: ModelInfo) -> None:
+    if "://" not in args.input and os.path.isdir(args.input):
+        _fail(
+            f"--input {args.input!r} is a directory; pass a glob of its files, e.g. '{args.input}/*.tfrecord'"
+        )
+    try:
+        files = FileSystems.match([args.input])[0].metadata_list
+    except Exception as e:  # e.g. a bucket that does not exist
+        raise ScoreSetupError(f"Cannot list --input {args.input!r}: {e}") from e
+    if not files:
+        _fail(f"--input {args.input!r} matches no files; check the path (local or gs://) and the glob")
+    # The first record tells whether the data is frame or video level; a mismatch would otherwise send
+    # every record to the dead letter.
+    from nextvlad import yt8m
+
+    first = next(read_tfrecord_file(sorted(f.path for f in files)[0]), None)
+    if not isinstance(first, Record):
+        return  # empty or corrupt: the pipeline reports it
+    try:
+        if args.input_format == "frame":
+            yt8m.parse_frame_example(first.data, num_classes=info.num_classes)
+        else:
+            yt8m.parse_video_example(first.data, num_classes=info.num_classes)
+    except yt8m.InvalidRecordError as e:
+        if e.reason == "wrong_record_kind":
+            data_format = "video" if args.input_format == "frame" else "frame"
+            _fail(
+                f"{first.source_file} holds {data_format}-level records but the model {info.path} takes "
+                f"{args.input_format}-level inputs; score this data with a {data_format}-level model, "
+                f"or pass {args.input_format}-level records"
+            )
+
+
+def _check_output(output: str) -> None:
+    probe = f"{output}-write-check-{uuid.uuid4().hex}.tmp"
+    try:
+        with FileSystems.create(probe) as f:
+            f.write(b"")
+        FileSystems.delete([probe])
+    except Exception as e:
+        raise ScoreSetupError(
+            f"Cannot write to the output location {output!r} ({type(e).__name__}: {e}); pass an "
+            "--output prefix in a directory or bucket you can write to"
+        ) from e
+    stale = FileSystems.match([f"{output}-*-of-*.parquet"])[0].metadata_list
+    if stale:
+        logger.warning(
+            "%d Parquet files already match %s-*-of-*.parquet; this run overwrites shards with the same "
+            "names but leaves any others: use a fresh --output prefix to avoid mixing runs",
+            len(stale),
+            output,
+        )
+
+
+def _rgb_scale(path: str | None) -> Any:
+    if not path:
+        return None
+    from nextvlad import yt8m
+
+    try:
+        return yt8m.reverse_whitening_scale(path)
+    except (OSError, ValueError) as e:
+        raise ScoreSetupError(f"--pca_eigenvals {path!r} is not usable: {e}") from e
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    args: argparse.Namespace,
+    info: ModelInfo,
+    *,
+    model_version: str,
+    rgb_scale: Any = None,
+    bigquery_test_client: Any = None,
+) -> None:
+    """Adds the scoring transforms to `pipeline` (arguments already checked by `run`).
+
+    Args:
+        pipeline: the pipeline to extend.
+        args: parsed arguments (see `parse_known_args`), with defaults resolved.
+        info: the model, from `pipelines.handler.inspect_model`.
+        model_version: written into every row.
+        rgb_scale: optional reverse-whitening scale [1024].
+        bigquery_test_client: a Beam BigQuery client to use instead of the default (tests).
+    """
+    level = args.input_format.capitalize()
+    read = pipeline | f"Read{level}Records" >> ReadRecords(
+        args.input, skip_corrupt_files=args.skip_corrupt_files
+    )
+    records = read.records
+    if args.reshuffle:
+        records = records | "ReshuffleRecords" >> beam.Reshuffle()
+    parsed = records | "ParseRecords" >> ParseRecords(
+        input_format=args.input_format,
+        num_classes=info.num_classes,
+        max_frames=args.max_frames,
+        rgb_scale=rgb_scale,
+    )
+    handler = NeXtVLADModelHandler(
+        info.path,
+        input_format=args.input_format,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        share_model_across_processes=args.share_model or args.model_copies is not None,
+        model_copies=args.model_copies,
+    )
+    rows = (
+        parsed.examples
+        | "KeyById" >> KeyById()
+        | "RunInference" >> RunInference(KeyedModelHandler(handler))
+        | "FormatRows" >> FormatRows(top_k=args.top_k, model_version=model_version)
+    )
+    if "parquet" in args.output_format:
+        rows | "WriteParquet" >> WriteParquet(
+            args.output, embedding_size=info.embedding_size, num_shards=args.num_shards
+        )
+    if "bigquery" in args.output_format:
+        from pipelines.bigquery import WriteRowsToBigQuery
+
+        rows | "WriteBigQuery" >> WriteRowsToBigQuery(
+            args.bigquery_table,
+            method=args.bigquery_method,
+            custom_gcs_temp_location=args.bigquery_temp_location,
+            test_client=bigquery_test_client,
+        )
+    (
+        (read[DEAD_LETTER], parsed[DEAD_LETTER])
+        | "CollectDeadLetters" >> beam.Flatten()
+        | "WriteDeadLetter" >> WriteDeadLetter(args.output)
+    )
+
+
+def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        name = counter.key.metric.name
+        totals[name] = totals.get(name, 0) + int(value or 0)
+    return totals
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    test_pipeline: beam.Pipeline | None = None,
+    *,
+    bigquery_test_client: Any = None,
+) -> ScoreSummary:
+    """Checks the arguments, builds and runs the scoring pipeline, and waits for it to finish.
+
+    Args:
+        argv: command-line arguments (see `python -m pipelines.score --help`); unknown flags go to Beam.
+        test_pipeline: a pipeline to build into instead of a new one (e.g. a `TestPipeline`).
+        bigquery_test_client: a Beam apitools BigQuery client for `--output_format bigquery` (tests point it
+            at an emulator).
+
+    Returns:
+        The run's counts and speed.
+
+    Raises:
+        ScoreSetupError, InvalidModelError: the configuration is unusable (raised before any scoring).
+        Exception: the pipeline failed (e.g. a corrupt input file without --skip_corrupt_files).
+    """
+    args, beam_args = parse_known_args(argv)
+    options = PipelineOptions(beam_args)
+    FileSystems.set_options(options)
+    enable_gpu_memory_growth()  # before the check below makes TensorFlow initialise the GPU
+    _apply_demo_defaults(args)
+    _check_arguments(args)
+    info = _check_model(args)
+    _check_input(args, info)
+    _check_output(args.output)
+    rgb_scale = _rgb_scale(args.pca_eigenvals)
+    model_version = args.model_version or default_model_version(args.model, info.path)
+    logger.info(
+        "scoring %s with %s (%s, %s level, %d classes, embedding %d) -> %s (%s)",
+        args.input,
+        info.path,
+        model_version,
+        args.input_format,
+        info.num_classes,
+        info.embedding_size,
+        args.output,
+        ", ".join(args.output_format),
+    )
+
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    build_pipeline(
+        pipeline,
+        args,
+        info,
+        model_version=model_version,
+        rgb_scale=rgb_scale,
+        bigquery_test_client=bigquery_test_client,
+    )
+    started = time.perf_counter()
+    result = pipeline.run()
+    result.wait_until_finish()
+    seconds = time.perf_counter() - started
+    counters = _counters(result)
+    prefix = "dead_letters_"
+    return ScoreSummary(
+        records_read=counters.get("records_read", 0),
+        videos_scored=counters.get("videos_scored", 0),
+        dead_letters={k[len(prefix) :]: v for k, v in counters.items() if k.startswith(prefix) and v},
+        batches=counters.get("batches", 0),
+        seconds=seconds,
+        output=args.output,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: runs the job and prints the one-line summary."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Beam narrates every fused stage at INFO; keep its warnings and errors only.
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        summary = run(argv)
+    except (ScoreSetupError, InvalidModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

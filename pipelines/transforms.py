@@ -1,0 +1,400 @@
+"""The scoring pipeline's building blocks: read, parse, key, format rows, and the dead letter.
+
+```
+ReadFrameRecords ─► ParseRecords ─► KeyById ─► RunInference ─► FormatRows ─► (sink)
+   │ corrupt files      │ bad records
+   └────────────────────┴──────────────► WriteDeadLetter  ({output}-errors-SSSSS-of-NNNNN.jsonl)
+```
+
+Every record read ends up either as one output row or as one dead letter, so
+`rows written + dead letters == records_read` (Beam counter namespace `nextvlad`). A dead letter is a JSON
+object with `source_file`, `byte_offset` (of the record in its file), `id` (null when unknown), `reason`
+(a slug: one of `nextvlad.yt8m.INVALID_REASONS` or `corrupt_file`), `message` and `record_base64` (the raw
+record, so it can be fixed and replayed; null for the unreadable remainder of a corrupt file).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import struct
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAMESPACE = "nextvlad"
+DEAD_LETTER = "dead_letter"  # tag of the dead-letter output of ReadRecords and ParseRecords
+CORRUPT_FILE = "corrupt_file"  # dead-letter reason for bytes that are not valid TFRecord framing
+
+
+class Record(NamedTuple):
+    """One serialized record and where it came from."""
+
+    source_file: str
+    byte_offset: int  # where the record's framing starts in the file
+    data: bytes
+
+
+class CorruptFileError(ValueError):
+    """A TFRecord file is truncated or fails its CRC checks (the message names the file and offset).
+
+    Attributes:
+        path: the file.
+        byte_offset: where the unreadable record starts.
+        problem: what is wrong, without advice (for the dead letter).
+        data: the record's payload when only its CRC failed, else None.
+    """
+
+    def __init__(self, path: str, byte_offset: int, what: str, *, data: bytes | None = None) -> None:
+        self.path, self.byte_offset, self.data = path, byte_offset, data
+        self.problem = f"TFRecord file {path} {what} at byte {byte_offset}"
+        super().__init__(
+            f"{self.problem}. Replace or remove the file, or pass --skip_corrupt_files to list its "
+            "unreadable part in the dead letter and go on"
+        )
+
+    def __reduce__(self):
+        return (_corrupt_file_error, (self.path, self.byte_offset, self.problem, self.data, str(self)))
+
+
+def _corrupt_file_error(path: str, byte_offset: int, problem: str, data: bytes | None, text: str):
+    error = CorruptFileError.__new__(CorruptFileError)
+    ValueError.__init__(error, text)
+    error.path, error.byte_offset, error.problem, error.data = path, byte_offset, problem, data
+    return error
+
+
+def dead_letter(
+    source_file: str,
+    byte_offset: int,
+    reason: str,
+    message: str,
+    *,
+    video_id: str | None = None,
+    data: bytes | None = None,
+) -> dict[str, Any]:
+    """Builds one dead-letter entry and counts it under `dead_letters_<reason>`.
+
+    Args:
+        source_file: the file the record came from.
+        byte_offset: where the record starts in that file.
+        reason: short slug for counting (`InvalidRecordError.reason` or `corrupt_file`).
+        message: human-readable explanation.
+        video_id: the record's id when it could be read.
+        data: the raw record bytes, stored base64-encoded for replay.
+
+    Returns:
+        The JSON-serializable dead-letter dict.
+    """
+    Metrics.counter(METRICS_NAMESPACE, f"dead_letters_{reason}").inc()
+    return {
+        "source_file": source_file,
+        "byte_offset": byte_offset,
+        "id": video_id,
+        "reason": reason,
+        "message": message,
+        "record_base64": base64.b64encode(data).decode("ascii") if data is not None else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+
+def _masked_crc32c(data: bytes) -> int:
+    import google_crc32c
+
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def read_tfrecord_file(path: str) -> Iterator[Record | CorruptFileError]:
+    """Reads the records of one TFRecord file (local or gs://; `.gz` is decompressed), checking every CRC.
+
+    Args:
+        path: the file.
+
+    Yields:
+        A `Record` per valid record. At the first unreadable spot a `CorruptFileError` is yielded (not
+        raised) and reading stops, except that a record whose payload alone fails its CRC is yielded as
+        an error carrying `.data` and reading continues, since its length field was intact.
+    """
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
+        offset = 0
+        while True:
+            header = f.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                yield CorruptFileError(
+                    path, offset, f"ends inside a record header ({len(header)} of 12 bytes): truncated"
+                )
+                return
+            length, length_crc = struct.unpack("<QI", header)
+            if _masked_crc32c(header[:8]) != length_crc:
+                yield CorruptFileError(
+                    path, offset, "has a record length that fails its CRC check: the file is corrupt"
+                )
+                return
+            body = f.read(length + 4)
+            if len(body) < length + 4:
+                yield CorruptFileError(
+                    path, offset, f"ends inside a record ({len(body)} of {length + 4} bytes): truncated"
+                )
+                return
+            data = body[:length]
+            if _masked_crc32c(data) != struct.unpack("<I", body[length:])[0]:
+                yield CorruptFileError(
+                    path, offset, "has a record whose payload fails its CRC check", data=data
+                )
+            else:
+                yield Record(path, offset, data)
+            offset += 12 + length + 4
+
+
+class _ReadFileFn(beam.DoFn):
+    def __init__(self, skip_corrupt_files: bool) -> None:
+        self._skip_corrupt_files = skip_corrupt_files
+
+    def setup(self) -> None:
+        self._records_read = Metrics.counter(METRICS_NAMESPACE, "records_read")
+        self._files_read = Metrics.counter(METRICS_NAMESPACE, "files_read")
+
+    def process(self, path: str) -> Iterator[Any]:
+        self._files_read.inc()
+        for item in read_tfrecord_file(path):
+            # A corrupt remainder counts as one record read, so that rows + dead letters == records read.
+            self._records_read.inc()
+            if isinstance(item, Record):
+                yield item
+            elif self._skip_corrupt_files:
+                logger.warning("skipping corrupt data: %s", item.problem)
+                yield beam.pvalue.TaggedOutput(
+                    DEAD_LETTER,
+                    dead_letter(item.path, item.byte_offset, CORRUPT_FILE, item.problem, data=item.data),
+                )
+            else:
+                raise item
+
+
+class ReadRecords(beam.PTransform):
+    """Reads every record of the TFRecord files matching a pattern, with their file name and offset.
+
+    Files are matched at run time and reshuffled so that they spread over workers (a TFRecord file cannot
+    be split: one file is one unit of parallelism). Records are read with their CRCs checked. A truncated or
+    corrupt file fails the job with an error naming it, or with `skip_corrupt_files` goes to the dead letter.
+
+    Beam's `ReadAllFromTFRecord(with_filename=True)` also knows the file, but its errors do not name the
+    file and cannot be routed to a dead letter, hence this reader.
+
+    Args:
+        file_pattern: glob (local or gs://).
+        skip_corrupt_files: dead-letter unreadable file parts instead of failing.
+
+    Returns (expand):
+        A `DoOutputsTuple`: main output of `Record`, tagged `dead_letter` output of dead-letter dicts.
+    """
+
+    def __init__(self, file_pattern: str, *, skip_corrupt_files: bool = False) -> None:
+        super().__init__()
+        self._file_pattern = file_pattern
+        self._skip_corrupt_files = skip_corrupt_files
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+        return (
+            pbegin
+            | "MatchFiles" >> fileio.MatchFiles(self._file_pattern, fileio.EmptyMatchTreatment.DISALLOW)
+            | "FilePaths" >> beam.Map(lambda metadata: metadata.path)
+            | "ReshuffleFiles" >> beam.Reshuffle()
+            | "ReadFiles"
+            >> beam.ParDo(_ReadFileFn(self._skip_corrupt_files)).with_outputs(DEAD_LETTER, main="records")
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------------
+
+
+class _ParseFn(beam.DoFn):
+    def __init__(
+        self, input_format: str, num_classes: int, max_frames: int, rgb_scale: np.ndarray | None
+    ) -> None:
+        self._input_format = input_format
+        self._num_classes = num_classes
+        self._max_frames = max_frames
+        self._rgb_scale = rgb_scale
+
+    def setup(self) -> None:
+        from nextvlad import yt8m
+
+        self._yt8m = yt8m
+
+    def process(self, record: Record) -> Iterator[Any]:
+        yt8m = self._yt8m
+        try:
+            if self._input_format == "frame":
+                parsed = yt8m.parse_frame_example(
+                    record.data, max_frames=self._max_frames, num_classes=self._num_classes
+                )
+                example = {
+                    "id": parsed["id"],
+                    "labels": parsed["labels"],
+                    "rgb": parsed["rgb"],  # [T, 1024]
+                    "audio": parsed["audio"],  # [T, 128]
+                    "num_frames": parsed["num_frames"],
+                }
+                rgb_key = "rgb"
+            else:
+                parsed = yt8m.parse_video_example(record.data, num_classes=self._num_classes)
+                # Video-level records carry no frame count: num_frames = 0 marks mean-feature input.
+                example = {**parsed, "num_frames": 0}
+                rgb_key = "mean_rgb"
+        except yt8m.InvalidRecordError as e:
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER,
+                dead_letter(
+                    record.source_file,
+                    record.byte_offset,
+                    e.reason,
+                    e.message,
+                    video_id=e.video_id,
+                    data=record.data,
+                ),
+            )
+            return
+        except Exception as e:
+            # Not a data problem the parser knows about: fail loudly, but say which record.
+            raise RuntimeError(
+                f"Parsing the record at byte {record.byte_offset} of {record.source_file} failed: {e!r}"
+            ) from e
+        if self._rgb_scale is not None:
+            example[rgb_key] = yt8m.reverse_whiten(example[rgb_key], self._rgb_scale)
+        yield example
+
+
+class ParseRecords(beam.PTransform):
+    """Parses, validates and dequantizes YouTube-8M records; invalid ones go to the dead letter.
+
+    Args:
+        input_format: "frame" (SequenceExample) or "video" (Example with mean_rgb/mean_audio).
+        num_classes: label ids must lie in [0, num_classes) (the model's class count).
+        max_frames: frames kept per video.
+        rgb_scale: optional [1024] reverse-whitening scale (`nextvlad.yt8m.reverse_whitening_scale`).
+
+    Returns (expand):
+        A `DoOutputsTuple`: main output of example dicts (`id`, `labels`, `num_frames` and `rgb` [T, 1024] /
+        `audio` [T, 128] float32, or `mean_rgb` / `mean_audio` with `num_frames = 0` at video level),
+        tagged `dead_letter` output.
+    """
+
+    def __init__(
+        self,
+        *,
+        input_format: str = "frame",
+        num_classes: int,
+        max_frames: int = 300,
+        rgb_scale: np.ndarray | None = None,
+    ) -> None:
+        super().__init__()
+        if input_format not in ("frame", "video"):
+            raise ValueError(f"input_format={input_format!r}; expected 'frame' or 'video'")
+        self._fn = _ParseFn(input_format, num_classes, max_frames, rgb_scale)
+
+    def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return records | "Parse" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="examples")
+
+
+class KeyById(beam.PTransform):
+    """`example -> (example["id"], example)`, the input `KeyedModelHandler` expects."""
+
+    def expand(self, examples: beam.PCollection) -> beam.PCollection:
+        return examples | "Key" >> beam.Map(lambda example: (example["id"], example))
+
+
+# --------------------------------------------------------------------------------------------------
+# Output rows
+# --------------------------------------------------------------------------------------------------
+
+
+class _FormatRowFn(beam.DoFn):
+    def __init__(self, top_k: int, model_version: str) -> None:
+        self._top_k = top_k
+        self._model_version = model_version
+
+    def setup(self) -> None:
+        from nextvlad.metrics import top_k
+
+        self._top_k_fn = top_k
+        self._scored = Metrics.counter(METRICS_NAMESPACE, "videos_scored")
+
+    def process(self, keyed: tuple[str, Any]) -> Iterator[dict[str, Any]]:
+        video_id, result = keyed
+        example, inference = result.example, result.inference
+        classes, scores = self._top_k_fn(inference["predictions"][None, :], self._top_k)  # [1, k]
+        self._scored.inc()
+        yield {
+            "id": video_id,
+            "num_frames": int(example["num_frames"]),
+            "labels": [int(label) for label in example["labels"]],
+            "top_classes": classes[0].tolist(),
+            "top_scores": scores[0].tolist(),
+            "embedding": inference["embedding"].tolist(),
+            "model_version": self._model_version,
+        }
+
+
+class FormatRows(beam.PTransform):
+    """`(id, PredictionResult)` -> one output row per video (DESIGN.md "Score output").
+
+    Rows are plain JSON-compatible dicts: `id` str, `num_frames` int, `labels` list[int],
+    `top_classes` list[int] (best first), `top_scores` list[float] (float32 values), `embedding`
+    list[float] (float32 values, length E), `model_version` str.
+
+    Args:
+        top_k: classes kept per video.
+        model_version: written into every row.
+    """
+
+    def __init__(self, *, top_k: int, model_version: str) -> None:
+        super().__init__()
+        if top_k < 1:
+            raise ValueError(f"top_k={top_k}; expected a positive number of classes")
+        self._fn = _FormatRowFn(top_k, model_version)
+
+    def expand(self, results: beam.PCollection) -> beam.PCollection:
+        return results | "Format" >> beam.ParDo(self._fn)
+
+
+class WriteDeadLetter(beam.PTransform):
+    """Writes dead-letter dicts as JSON lines to `{output}-errors-SSSSS-of-NNNNN.jsonl`.
+
+    An empty shard is written when nothing failed, so a run always leaves an errors file to check.
+
+    Args:
+        output: the run's output prefix.
+        num_shards: number of files; 0 lets the runner decide.
+    """
+
+    def __init__(self, output: str, *, num_shards: int = 0) -> None:
+        super().__init__()
+        self._prefix = f"{output}-errors"
+        self._num_shards = num_shards
+
+    def expand(self, dead_letters: beam.PCollection) -> beam.pvalue.PDone:
+        return (
+            dead_letters
+            | "ToJson" >> beam.Map(lambda entry: json.dumps(entry, sort_keys=True))
+            | "WriteJsonLines"
+            >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl", num_shards=self._num_shards)
+        )
