@@ -86,6 +86,7 @@ class ScoreSummary:
     batches: int  # inference calls
     seconds: float  # wall time of the pipeline run (model loading included)
     output: str  # the output prefix
+    dry_run: bool = False  # --dry_run: checked and built, not run
 
     @property
     def num_dead_letters(self) -> int:
@@ -179,6 +180,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--model_copies", type=int, help="with sharing: model copies per machine (implies --share_model)"
+    )
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="check everything and build the pipeline for the chosen runner (flags, options, model, input, "
+        "output), print it, and exit without running: try a Dataflow command before it costs anything",
     )
     parser.add_argument(
         "--reshuffle",
@@ -418,6 +425,44 @@ def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
     return totals
 
 
+def _check_beam_options(options: PipelineOptions) -> None:
+    """Fails on flags no Beam option knows (Beam itself only warns and drops them) and on options the
+    chosen runner rejects (e.g. Dataflow without --project or with a local --temp_location)."""
+    # With retain_unknown_options, flags no option class declares come back as extra keys.
+    unknown = sorted(
+        set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options())
+    )
+    if unknown:
+        raise ScoreSetupError(
+            f"unknown flag(s) {', '.join('--' + name for name in unknown)}: neither pipelines.score nor Beam "
+            "knows them (a typo?); see `python -m pipelines.score --help` and Beam's pipeline options"
+        )
+    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+    from apache_beam.runners.runner import create_runner
+
+    runner_name = options.view_as(StandardOptions).runner or "DirectRunner"
+    errors = PipelineOptionsValidator(options, create_runner(runner_name)).validate()
+    if errors:
+        raise ScoreSetupError(f"{runner_name} rejects the pipeline options: " + "; ".join(errors))
+
+
+def _describe_dry_run(pipeline: beam.Pipeline, options: PipelineOptions, model_version: str) -> ScoreSummary:
+    """Prints the checked options and the transform graph instead of running it."""
+    proto = pipeline.to_runner_api()
+    labels = sorted(
+        t.unique_name for t in proto.components.transforms.values() if t.unique_name.count("/") == 0
+    )
+    print("dry run: every check passed; nothing was submitted")
+    print(f"  model_version: {model_version}")
+    print(f"  top-level transforms: {', '.join(labels)}")
+    for name, value in sorted(options.get_all_options(drop_default=True).items()):
+        print(f"  --{name}={value}")
+    return ScoreSummary(
+        records_read=0, videos_scored=0, dead_letters={}, batches=0, seconds=0.0, output="", dry_run=True
+    )
+
+
 def run(
     argv: Sequence[str] | None = None,
     test_pipeline: beam.Pipeline | None = None,
@@ -462,6 +507,8 @@ def run(
         ", ".join(args.output_format),
     )
 
+    if args.dry_run:
+        _check_beam_options(options)
     pipeline = test_pipeline or beam.Pipeline(options=options)
     build_pipeline(
         pipeline,
@@ -471,6 +518,8 @@ def run(
         rgb_scale=rgb_scale,
         bigquery_test_client=bigquery_test_client,
     )
+    if args.dry_run:
+        return _describe_dry_run(pipeline, options, model_version)
     started = time.perf_counter()
     result = pipeline.run()
     result.wait_until_finish()
@@ -498,7 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ScoreSetupError, InvalidModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(summary.line())
+    if not summary.dry_run:
+        print(summary.line())
     return 0
 
 

@@ -1,0 +1,254 @@
+"""Reading the scoring pipeline's Parquet output (embeddings) for the retrieval index and search.
+
+The input contract is DESIGN.md's "Score output": one row per video with `id` (string), `labels`
+(list<int32>) and `embedding` (a fixed-length list of float32: Arrow `fixed_size_list<float>[E]` or a
+plain `list<float>` whose rows all have the same length). Paths may be local or `gs://`: everything
+goes through Beam's `FileSystems`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+logger = logging.getLogger(__name__)
+
+ID_COLUMN = "id"
+LABELS_COLUMN = "labels"
+EMBEDDING_COLUMN = "embedding"
+MODEL_VERSION_COLUMN = "model_version"
+REQUIRED_COLUMNS = (ID_COLUMN, LABELS_COLUMN, EMBEDDING_COLUMN)
+
+
+class RetrievalInputError(ValueError):
+    """Input the retrieval tools cannot use (files, embeddings, options, ids); the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingSource:
+    """What the Parquet footers say about a set of scored files, read before any pipeline runs."""
+
+    pattern: str  # the glob the user gave
+    files: tuple[str, ...]  # matched files, sorted
+    num_rows: int  # total rows over all files (from the footers)
+    embedding_dim: int  # E: length of every embedding
+    has_model_version: bool  # whether the files carry the `model_version` column
+
+
+def import_tensorflow_transform() -> Any:
+    """`tensorflow_transform`, imported without its warning about TF_USE_LEGACY_KERAS.
+
+    The retrieval modules set TF_USE_LEGACY_KERAS=0 before importing TensorFlow so that tft does not
+    switch the process to Keras 2 (DESIGN.md); tft warns about that choice on import, and its own
+    Keras layer uses the `tf_keras` package either way.
+    """
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        import tensorflow_transform
+    finally:
+        absl_logger.setLevel(level)
+    return tensorflow_transform
+
+
+def match_files(pattern: str) -> list[str]:
+    """Sorted paths matching a local or `gs://` glob.
+
+    Raises:
+        RetrievalInputError: when nothing matches.
+    """
+    try:
+        metadata = FileSystems.match([pattern])[0].metadata_list
+    except Exception as error:  # Beam raises BeamIOError for a missing folder
+        raise RetrievalInputError(
+            f"no Parquet files match {pattern!r} ({error.__class__.__name__}); check the path and quote "
+            "the glob so the shell does not expand it"
+        ) from None
+    files = sorted(m.path for m in metadata)
+    if not files:
+        raise RetrievalInputError(
+            f"no Parquet files match {pattern!r}; check the path and quote the glob so the shell does not "
+            "expand it (e.g. --embeddings 'scores/run1-*.parquet')"
+        )
+    return files
+
+
+def _open_parquet(path: str) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(FileSystems.open(path))
+    except (pa.ArrowInvalid, OSError) as error:
+        raise RetrievalInputError(f"{path} is not a readable Parquet file: {error}") from None
+
+
+def _float_list_length(field: pa.Field, path: str) -> int | None:
+    """E for `fixed_size_list<float>[E]`, None for a variable `list<float>`; errors otherwise."""
+    kind = field.type
+    is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+    if not is_list or not pa.types.is_floating(kind.value_type):
+        raise RetrievalInputError(
+            f"column {field.name!r} of {path} has type {kind}; expected a list of floats "
+            "(the scoring pipeline's `embedding` column)"
+        )
+    return kind.list_size if pa.types.is_fixed_size_list(kind) else None
+
+
+def inspect_embeddings(pattern: str) -> EmbeddingSource:
+    """Matches `pattern` and checks the files' schemas, row counts and embedding length.
+
+    Only the footers are read, plus the first embedding of the first non-empty file when the column
+    is a variable-length list (rows are then checked one by one while the pipeline reads them).
+
+    Args:
+        pattern: local or `gs://` glob of scored Parquet files.
+
+    Returns:
+        The files, the total row count and the embedding length E.
+
+    Raises:
+        RetrievalInputError: no file matches, a required column is missing or of the wrong type, the
+            files disagree on E, or there are no rows.
+    """
+    files = match_files(pattern)
+    num_rows = 0
+    fixed_dims: dict[str, int] = {}
+    first_variable: str | None = None
+    has_model_version = True
+    for path in files:
+        parquet = _open_parquet(path)
+        schema = parquet.schema_arrow
+        missing = [name for name in REQUIRED_COLUMNS if name not in schema.names]
+        if missing:
+            raise RetrievalInputError(
+                f"{path} lacks column(s) {missing} (has {schema.names}); expected the scoring pipeline's "
+                f"output with columns {list(REQUIRED_COLUMNS)}"
+            )
+        has_model_version &= MODEL_VERSION_COLUMN in schema.names
+        size = _float_list_length(schema.field(EMBEDDING_COLUMN), path)
+        rows = parquet.metadata.num_rows
+        num_rows += rows
+        if size is not None:
+            fixed_dims[path] = size
+        elif first_variable is None and rows > 0:
+            first_variable = path
+    if num_rows == 0:
+        raise RetrievalInputError(f"the {len(files)} file(s) matching {pattern!r} hold no rows")
+    dims = set(fixed_dims.values())
+    if first_variable is not None:
+        first = _open_parquet(first_variable).read_row_group(0, columns=[EMBEDDING_COLUMN])
+        lengths = pc.list_value_length(first.column(EMBEDDING_COLUMN)).to_numpy(zero_copy_only=False)
+        dims.add(int(lengths[0]))
+    if len(dims) > 1:
+        detail = ", ".join(f"{path}: {dim}" for path, dim in sorted(fixed_dims.items()))
+        raise RetrievalInputError(
+            f"embedding length differs between the files matching {pattern!r} ({detail}); index one "
+            "model's embeddings at a time"
+        )
+    return EmbeddingSource(
+        pattern=pattern,
+        files=tuple(files),
+        num_rows=num_rows,
+        embedding_dim=dims.pop(),
+        has_model_version=has_model_version,
+    )
+
+
+def embedding_matrix(
+    column: pa.Array | pa.ChunkedArray, *, dim: int, ids: Sequence[str] | pa.Array, source: str
+) -> np.ndarray:
+    """The embeddings of a column as a float32 matrix `[N, dim]`, checking every row's length.
+
+    Args:
+        column: the `embedding` column (fixed-size or variable list of floats).
+        dim: the expected length E.
+        ids: the rows' video ids, to name the offending row in an error.
+        source: where the rows come from (file name), for the error message.
+
+    Returns:
+        float32 array `[N, dim]`.
+
+    Raises:
+        RetrievalInputError: a row is null or its length is not `dim`.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)  # [N], NaN-free ints or None
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(~valid | (np.nan_to_num(lengths.astype(float), nan=-1) != dim))
+    if bad.size:
+        row = int(bad[0])
+        got = "null" if not valid[row] else f"length {int(lengths[row])}"
+        video_id = ids[row].as_py() if isinstance(ids, pa.Array) else ids[row]
+        raise RetrievalInputError(
+            f"embedding length differs between rows: video {video_id!r} in {source} has {got}, expected "
+            f"{dim} ({bad.size} bad row(s) in this batch); every row must come from the same model"
+        )
+    values = column.flatten()  # honours slice offsets for both list kinds; no nulls are left
+    return values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(column), dim)
+
+
+def read_table(path: str, *, columns: Sequence[str] | None = None) -> pa.Table:
+    """Reads one Parquet file (local or `gs://`)."""
+    with FileSystems.open(path) as handle:
+        return pq.read_table(io.BytesIO(handle.read()), columns=list(columns) if columns else None)
+
+
+def read_tables(pattern: str, *, columns: Sequence[str] | None = None) -> pa.Table:
+    """Reads and concatenates every file matching `pattern`, in sorted file order."""
+    tables = [read_table(path, columns=columns) for path in match_files(pattern)]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def read_query_embedding(path: str, video_id: str) -> np.ndarray:
+    """The embedding `[E]` of video `video_id` from one scored Parquet file.
+
+    Raises:
+        RetrievalInputError: the file is missing or has no row with that id.
+    """
+    files = match_files(path)
+    for file in files:
+        table = read_table(file, columns=[ID_COLUMN, EMBEDDING_COLUMN])
+        rows = table.filter(pc.equal(table.column(ID_COLUMN), video_id))
+        if rows.num_rows:
+            column = rows.column(EMBEDDING_COLUMN).combine_chunks()
+            dim = int(pc.list_value_length(column)[0].as_py())
+            return embedding_matrix(column, dim=dim, ids=[video_id], source=file)[0]
+    raise RetrievalInputError(
+        f"unknown query id {video_id!r}: not in {path}; pass an id from that file's `id` column"
+    )
+
+
+def read_label_names(path: str) -> dict[int, str]:
+    """`label_id -> label_name` from a `label_id,label_name` CSV (header row; blank names allowed).
+
+    Raises:
+        RetrievalInputError: the file lacks those columns or a label id is not an integer.
+    """
+    with FileSystems.open(path) as handle:
+        text = handle.read().decode("utf-8")
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or not {"label_id", "label_name"} <= set(reader.fieldnames):
+        raise RetrievalInputError(
+            f"{path} has columns {reader.fieldnames}; expected a CSV with header `label_id,label_name`"
+        )
+    names = {}
+    for line, row in enumerate(reader, start=2):
+        try:
+            names[int(row["label_id"])] = (row["label_name"] or "").strip()
+        except ValueError:
+            raise RetrievalInputError(
+                f"{path} line {line}: label_id {row['label_id']!r} is not an integer"
+            ) from None
+    return names
