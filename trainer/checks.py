@@ -1,0 +1,139 @@
+"""Pre-flight checks of the trainer: fail in seconds, with a message that says what to do.
+
+Each check runs before the model is built, so a wrong path, the wrong kind of records, a label
+vocabulary larger than the model's or a reused `model_dir` never costs a training run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from nextvlad import yt8m
+from nextvlad.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+_MAX_FILES_SAMPLED = 16  # records are checked from up to this many files, spread over the list
+
+
+def check_records(
+    patterns: Sequence[str],
+    *,
+    flag: str,
+    input_format: str,
+    num_classes: int,
+    max_frames: int,
+    max_records: int = 64,
+) -> list[str]:
+    """Expands `patterns` and parses a sample of their records with the validating parsers.
+
+    The sample is the first records of up to 16 files spread over the sorted file list, `max_records`
+    in all, so a mixed-up file anywhere in a large list is likely to be caught.
+
+    Args:
+        patterns: file globs (local or gs://).
+        flag: the command-line flag the patterns came from, for messages (e.g. `--train_data`).
+        input_format: `frame` or `video`, what the model takes.
+        num_classes: label ids must be below this.
+        max_frames: frames kept per video.
+        max_records: records parsed in all.
+
+    Returns:
+        The matching files, sorted.
+
+    Raises:
+        FileNotFoundError: a pattern matches no file (the message names it).
+        ValueError: no records, records of the other kind, a label id >= num_classes, or a malformed record.
+    """
+    try:
+        files = yt8m.expand_file_pattern(list(patterns))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{flag}: {e}") from None
+    stride = max(1, len(files) // _MAX_FILES_SAMPLED)
+    sampled = files[::stride][:_MAX_FILES_SAMPLED]
+    per_file = max(1, math.ceil(max_records / len(sampled)))
+    checked = 0
+    for path in sampled:
+        for record in tf.data.TFRecordDataset(path).take(per_file):
+            _check_one(record.numpy(), path, flag, input_format, num_classes, max_frames)
+            checked += 1
+    if checked == 0 and yt8m.count_records(files) == 0:
+        raise ValueError(f"{flag}: the {len(files)} file(s) matching {list(patterns)} hold no records")
+    logger.info("%s: %d files; %d records checked as %s-level data", flag, len(files), checked, input_format)
+    return files
+
+
+def _check_one(
+    record: bytes, path: str, flag: str, input_format: str, num_classes: int, max_frames: int
+) -> None:
+    try:
+        if input_format == "frame":
+            yt8m.parse_frame_example(record, max_frames=max_frames, num_classes=num_classes)
+        else:
+            yt8m.parse_video_example(record, num_classes=num_classes)
+    except yt8m.InvalidRecordError as e:
+        if e.reason == "wrong_record_kind":
+            other = "video" if input_format == "frame" else "frame"
+            hint = (
+                "train a video-level model on it (--preset video)"
+                if other == "video"
+                else "train a frame-level model on it (e.g. --preset paper, or --preset demo)"
+            )
+            raise ValueError(
+                f"{flag}: {path} holds {other}-level records, but the model takes {input_format}-level "
+                f"input (input_format={input_format!r}); {hint}, or point {flag} at {input_format}-level "
+                "files."
+            ) from None
+        if e.reason == "label_out_of_range":
+            raise ValueError(
+                f"{flag}: {path}: {e}. The model has num_classes={num_classes}; pass --num_classes with the "
+                "size of this data's label vocabulary."
+            ) from None
+        raise ValueError(
+            f"{flag}: {path} holds a record that is not valid {input_format}-level data: {e}"
+        ) from None
+
+
+def check_model_dir(model_dir: str, config: ModelConfig, *, config_name: str, has_checkpoints: bool) -> None:
+    """Refuses to resume from a `model_dir` that belongs to a different model.
+
+    Args:
+        model_dir: the output folder.
+        config: the model about to be trained.
+        config_name: file name of the saved model config inside `model_dir`.
+        has_checkpoints: whether `model_dir` holds checkpoints.
+
+    Raises:
+        ValueError: the saved config differs (the message lists the fields), or there are checkpoints
+            without a config to say what model they belong to.
+    """
+    path = f"{model_dir.rstrip('/')}/{config_name}"
+    advice = f"pick a new --model_dir, or delete {model_dir} to start over"
+    if not tf.io.gfile.exists(path):
+        if has_checkpoints:
+            raise ValueError(
+                f"{model_dir} holds checkpoints but no {config_name}, so they may belong to another model; "
+                f"{advice}."
+            )
+        return
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            saved = ModelConfig.from_dict(json.load(f))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path} is not a ModelConfig written by trainer.train ({e}); {advice}.") from None
+    if saved == config:
+        return
+    changed = [
+        f"{name}: {value!r} -> {getattr(config, name)!r}"
+        for name, value in saved.to_dict().items()
+        if getattr(config, name) != value
+    ]
+    raise ValueError(
+        f"{model_dir} already holds a different model (saved {config_name} differs: {'; '.join(changed)}). "
+        f"Re-run with the same model flags to resume it, or {advice}."
+    )
