@@ -19,7 +19,9 @@ Three kinds of users:
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import logging
 import os
 import struct
@@ -975,3 +977,35 @@ def make_dataset(
         )
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def parse_label_names(text: str, *, source: str = "label names") -> dict[int, str]:
+    """Class names from the text of a `label_id,label_name` CSV (or the dataset's `vocabulary.csv`).
+
+    Args:
+        text: the CSV's contents, with a header row.
+        source: where the text came from, for error messages.
+
+    Returns:
+        `{class_id: name}`; blank names stay blank (56 of the 2018 vocabulary's are).
+
+    Raises:
+        ValueError: the header has neither layout, or an id is not an integer.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    for id_key, name_key in (("label_id", "label_name"), ("Index", "Name")):
+        if id_key in header and name_key in header:
+            break
+    else:
+        raise ValueError(
+            f"{source} has columns {header}; expected a 'label_id,label_name' header "
+            "(or the YouTube-8M vocabulary.csv with 'Index' and 'Name')"
+        )
+    names = {}
+    for line, row in enumerate(reader, start=2):
+        try:
+            names[int(row[id_key])] = (row[name_key] or "").strip()
+        except (TypeError, ValueError):
+            raise ValueError(f"{source} line {line}: {id_key}={row[id_key]!r} is not an integer") from None
+    return names

@@ -8,7 +8,6 @@ goes through Beam's `FileSystems`.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import logging
@@ -233,22 +232,16 @@ def read_query_embedding(path: str, video_id: str) -> np.ndarray:
 def read_label_names(path: str) -> dict[int, str]:
     """`label_id -> label_name` from a `label_id,label_name` CSV (header row; blank names allowed).
 
+    The parsing is `nextvlad.yt8m.parse_label_names`; this reads through Beam's filesystems (gs://).
+
     Raises:
         RetrievalInputError: the file lacks those columns or a label id is not an integer.
     """
     with FileSystems.open(path) as handle:
         text = handle.read().decode("utf-8")
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or not {"label_id", "label_name"} <= set(reader.fieldnames):
-        raise RetrievalInputError(
-            f"{path} has columns {reader.fieldnames}; expected a CSV with header `label_id,label_name`"
-        )
-    names = {}
-    for line, row in enumerate(reader, start=2):
-        try:
-            names[int(row["label_id"])] = (row["label_name"] or "").strip()
-        except ValueError:
-            raise RetrievalInputError(
-                f"{path} line {line}: label_id {row['label_id']!r} is not an integer"
-            ) from None
-    return names
+    from nextvlad.yt8m import parse_label_names  # imports TensorFlow: only when names are asked for
+
+    try:
+        return parse_label_names(text, source=path)
+    except ValueError as error:
+        raise RetrievalInputError(str(error)) from None

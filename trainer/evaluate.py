@@ -564,26 +564,10 @@ def read_label_names(path: str) -> dict[int, str]:
         raise FileNotFoundError(
             f"No label names file at {path!r}; pass a CSV with a label_id,label_name header"
         )
+    from nextvlad.yt8m import parse_label_names
+
     with _gfile().GFile(path, "r") as f:
-        reader = csv.DictReader(io.StringIO(f.read()))
-        header = reader.fieldnames or []
-        for id_key, name_key in (("label_id", "label_name"), ("Index", "Name")):
-            if id_key in header and name_key in header:
-                break
-        else:
-            raise ValueError(
-                f"{path!r} has columns {header}; expected a 'label_id,label_name' header "
-                "(or the YouTube-8M vocabulary.csv with 'Index' and 'Name')"
-            )
-        names = {}
-        for line, row in enumerate(reader, start=2):
-            try:
-                names[int(row[id_key])] = (row[name_key] or "").strip()
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"{path!r} line {line}: {id_key}={row[id_key]!r} is not an integer"
-                ) from None
-    return names
+        return parse_label_names(f.read(), source=repr(path))
 
 
 def write_per_class_csv(
