@@ -238,8 +238,9 @@ def plot_embeddings(
     centred /= np.linalg.norm(centred, axis=1, keepdims=True) + 1e-8
     _, _, components = np.linalg.svd(centred, full_matrices=False)
     points = centred @ components[:2].T  # [N, 2]
-    with label_names_csv.open() as f:
-        names = {int(row["label_id"]): row["label_name"] for row in csv.DictReader(f)}
+    from nextvlad.yt8m import parse_label_names
+
+    names = parse_label_names(label_names_csv.read_text(), source=str(label_names_csv))
     single = np.array([len(row) == 1 for row in labels])
     first = np.array([row[0] if len(row) == 1 else -1 for row in labels])
     figure, axis = plt.subplots(figsize=(8, 6.5))
