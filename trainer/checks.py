@@ -41,7 +41,7 @@ def check_records(
         input_format: `frame` or `video`, what the model takes.
         num_classes: label ids must be below this.
         max_frames: frames kept per video.
-        max_records: records parsed in all.
+        max_records: records parsed in all; 0 only expands the patterns.
 
     Returns:
         The matching files, sorted.
@@ -54,6 +54,8 @@ def check_records(
         files = yt8m.expand_file_pattern(list(patterns))
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{flag}: {e}") from None
+    if max_records < 1:
+        return files
     stride = max(1, len(files) // _MAX_FILES_SAMPLED)
     sampled = files[::stride][:_MAX_FILES_SAMPLED]
     per_file = max(1, math.ceil(max_records / len(sampled)))
