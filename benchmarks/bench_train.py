@@ -74,7 +74,7 @@ def _training_step(args: argparse.Namespace):
 
     config = ModelConfig.preset(args.preset)
     model = build_training_model(
-        config, TrainConfig(train_data="unused", model_dir="unused"), decay_steps=10**9
+        config, TrainConfig(train_data="unused", model_dir="unused"), total_steps=10**9
     )
     rng = np.random.default_rng(0)
     b, t = args.batch_size, args.num_frames

@@ -27,7 +27,10 @@ class ModelConfig:
     input_format: str = "frame"
     rgb_size: int = 1024  # Inception rgb feature size per frame
     audio_size: int = 128  # VGGish audio feature size per frame
-    max_frames: int = 300  # frames beyond this are truncated by the reader
+    max_frames: int = 300  # frames beyond this are dropped by the model's preprocessing layer
+    # The paper's reverse whitening of rgb (or mean_rgb); its scale is a weight of the model, set from the
+    # dataset's PCA eigenvalues when the model is built for training (`trainer.train --pca_eigenvals`).
+    reverse_whitening: bool = False
     num_classes: int = 3862  # 2018 YouTube-8M vocabulary
     # Frame pooling. `nextvlad` (the paper), `netvlad` (Arandjelović et al.) or `mean` (baseline).
     pooling: str = "nextvlad"
@@ -80,6 +83,8 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 fail(f"{name}={value!r}; expected a positive integer")
+        if not isinstance(self.reverse_whitening, bool):
+            fail(f"reverse_whitening={self.reverse_whitening!r}; expected true or false")
         if not 0.0 <= self.drop_rate < 1.0:
             fail(f"drop_rate={self.drop_rate!r}; expected 0 <= drop_rate < 1")
         if self.kd_temperature <= 0:
@@ -188,7 +193,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         gating_reduction=4,
         drop_rate=0.3,
     ),
-    # Video-level records (mean_rgb, mean_audio): no frame pooling, the paper's head with MoE.
+    # Video-level records (mean_rgb, mean_audio): no frame pooling, the paper's head with MoE, three branches
+    # with distillation and L2 1e-4 (what the development split picked: BENCHMARKS.md, "Real data").
     "video": dict(
         input_format="video",
         pooling="mean",
@@ -198,5 +204,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         drop_rate=0.5,
         classifier="moe",
         moe_mixtures=2,
+        mix_number=3,
+        l2_penalty=1e-4,
     ),
 }

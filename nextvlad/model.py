@@ -1,10 +1,14 @@
 """Model builders: one function turns a `ModelConfig` into a Keras functional model.
 
 ```
-rgb [B,T,1024] ─► NeXtVLAD(K, G) ──┐
-audio [B,T,128] ─► NeXtVLAD(K/2, G/2) ┴► concat ► dropout ► Dense(H) ► BN ► ContextGating ─► embedding
-num_frames [B] ─► mask (padded frames count for nothing)                       └► classifier ─► logits
+rgb uint8 [B,T,1024] ──┐                ┌► NeXtVLAD(K, G) ─────┐
+audio uint8 [B,T,128] ─┼► preprocessing ┼► NeXtVLAD(K/2, G/2) ─┴► concat ► dropout ► Dense(H) ► BN ► CG ┐
+num_frames [B] ────────┘ (dequantize,   └► mask (padded frames count for nothing)    embedding ◄──────┤
+                          frame limit, reverse whitening)                  logits ◄─ classifier ◄──────┘
 ```
+
+The model takes what the records hold and owns every preprocessing step (`nextvlad.layers.preprocessing`),
+so a saved model needs no flags to be fed correctly.
 
 With `mix_number = M > 1` there are M such branches; a gate computed from the mean input frame
 mixes their logits, and the embedding is the concatenation of the M branch embeddings.
@@ -19,14 +23,15 @@ from nextvlad.config import ModelConfig
 from nextvlad.layers import (
     ContextGating,
     FrameMask,
+    FramePreprocessing,
     LogisticClassifier,
     MaskedMeanPooling,
     MoEClassifier,
     NetVLAD,
     NeXtVLAD,
+    VideoPreprocessing,
 )
-
-SERVING_OUTPUTS = ("predictions", "embedding")
+from nextvlad.serving import PREPROCESSING_LAYER, SERVING_OUTPUTS
 
 
 @keras.saving.register_keras_serializable(package="nextvlad")
@@ -56,17 +61,36 @@ class BranchMixture(keras.layers.Layer):
 
 
 def model_inputs(config: ModelConfig) -> dict[str, keras.KerasTensor]:
-    """The named inputs of a model for `config`; the frame axis T is dynamic."""
+    """The named inputs of a model for `config`, as the records store them; the frame axis T is dynamic.
+
+    Frame level: `rgb` uint8 [B, T, 1024], `audio` uint8 [B, T, 128], `num_frames` int32 [B]. Video level:
+    `mean_rgb` float32 [B, 1024], `mean_audio` float32 [B, 128].
+    """
     if config.input_format == "video":
         return {
             "mean_rgb": keras.Input((config.rgb_size,), name="mean_rgb"),
             "mean_audio": keras.Input((config.audio_size,), name="mean_audio"),
         }
     return {
-        "rgb": keras.Input((None, config.rgb_size), name="rgb"),
-        "audio": keras.Input((None, config.audio_size), name="audio"),
+        "rgb": keras.Input((None, config.rgb_size), dtype="uint8", name="rgb"),
+        "audio": keras.Input((None, config.audio_size), dtype="uint8", name="audio"),
         "num_frames": keras.Input((), dtype="int32", name="num_frames"),
     }
+
+
+def _preprocess(config: ModelConfig, inputs: dict) -> tuple[dict, keras.KerasTensor | None]:
+    """The network's float features from the raw inputs, and the frame mask (None at video level)."""
+    options = dict(
+        reverse_whitening=config.reverse_whitening, rgb_size=config.rgb_size, name=PREPROCESSING_LAYER
+    )
+    if config.input_format == "video":
+        mean_rgb, mean_audio = VideoPreprocessing(**options)(inputs["mean_rgb"], inputs["mean_audio"])
+        return {"mean_rgb": mean_rgb, "mean_audio": mean_audio}, None
+    rgb, audio, num_frames = FramePreprocessing(config.max_frames, **options)(
+        inputs["rgb"], inputs["audio"], inputs["num_frames"]
+    )
+    mask = FrameMask(name="frame_mask")(rgb, num_frames)
+    return {"rgb": rgb, "audio": audio, "num_frames": num_frames}, mask
 
 
 def _pool(config: ModelConfig, inputs: dict, mask, prefix: str):
@@ -126,31 +150,39 @@ def _mixture_gate(config: ModelConfig, inputs: dict, mask):
     return keras.layers.Dense(config.mix_number, activation="softmax", name="gate")(mean_frame)
 
 
-def build_model(config: ModelConfig, *, name: str | None = None) -> keras.Model:
+def build_model(config: ModelConfig, *, rgb_scale=None, name: str | None = None) -> keras.Model:
     """Builds the (training) model for `config`.
 
     Args:
         config: the model's hyper-parameters (see `ModelConfig.preset`).
+        rgb_scale: the reverse-whitening scale [rgb_size] (`nextvlad.records.reverse_whitening_scale`);
+            required when `config.reverse_whitening`, refused otherwise. It is stored in the model.
         name: the model's name; defaults to the pooling method.
 
     Returns:
-        A functional `keras.Model` taking a dict of named inputs (`rgb [B,T,1024]`,
-        `audio [B,T,128]`, `num_frames [B]` for frame-level configs; `mean_rgb`, `mean_audio` for
-        `input_format="video"`) and returning a dict with `predictions [B, C]` (probabilities),
+        A functional `keras.Model` taking a dict of named inputs as the records store them (`rgb` uint8
+        [B,T,1024], `audio` uint8 [B,T,128], `num_frames` int32 [B] for frame-level configs; float
+        `mean_rgb`, `mean_audio` for `input_format="video"`; see `model_inputs`) and returning a dict
+        with `predictions [B, C]` (probabilities),
         `embedding [B, M·H]` and `logits [B, C]`; mixtures also return `branch_logits [B, M, C]`.
         `serving_model()` keeps only `predictions` and `embedding`.
     """
+    if config.reverse_whitening and rgb_scale is None:
+        raise ValueError(
+            "config.reverse_whitening is set but no rgb_scale was given; pass "
+            "rgb_scale=nextvlad.records.reverse_whitening_scale('yt8m_pca/eigenvals.npy')"
+        )
+    if rgb_scale is not None and not config.reverse_whitening:
+        raise ValueError("rgb_scale was given but config.reverse_whitening is False; set it to True")
     inputs = model_inputs(config)
-    mask = None
-    if config.input_format == "frame":
-        mask = FrameMask(name="frame_mask")(inputs["rgb"], inputs["num_frames"])
+    features, mask = _preprocess(config, inputs)
 
     if config.mix_number == 1:
-        logits, embedding = _branch(config, inputs, mask, prefix="")
+        logits, embedding = _branch(config, features, mask, prefix="")
         branch_logits = None
     else:
-        results = [_branch(config, inputs, mask, prefix=f"branch{m}_") for m in range(config.mix_number)]
-        gate = _mixture_gate(config, inputs, mask)
+        results = [_branch(config, features, mask, prefix=f"branch{m}_") for m in range(config.mix_number)]
+        gate = _mixture_gate(config, features, mask)
         logits, branch_logits = BranchMixture(name="mixture")(gate, [r[0] for r in results])
         embedding = keras.layers.Concatenate(name="embeddings")([r[1] for r in results])
 
@@ -164,7 +196,10 @@ def build_model(config: ModelConfig, *, name: str | None = None) -> keras.Model:
         outputs["branch_logits"] = keras.layers.Activation("linear", dtype="float32", name="branch_logits")(
             branch_logits
         )
-    return keras.Model(inputs, outputs, name=name or f"{config.pooling}_model")
+    model = keras.Model(inputs, outputs, name=name or f"{config.pooling}_model")
+    if rgb_scale is not None:
+        model.get_layer(PREPROCESSING_LAYER).set_rgb_scale(rgb_scale)
+    return model
 
 
 def serving_model(model: keras.Model) -> keras.Model:

@@ -1,25 +1,29 @@
-"""Retrieval index over pooled embeddings: corpus-level PCA-whitening with tensorflow-transform + faiss.
+"""Retrieval index over pooled embeddings: a corpus-level transform learned with tensorflow-transform + faiss.
 
     python -m pipelines.index --embeddings 'runs/scores/run1-*.parquet' --output runs/index \\
-        [--dim 256] [--whiten | --no-whiten] [--index_type flat|ivf|ivfpq] [--nlist N] [--nprobe N] \\
-        [--pq_m M] [--rerank R] [--runner DirectRunner | DataflowRunner ...]
+        [--transform raw|pca|pca_power|whiten] [--dim 256] [--index_type flat|ivf|ivfpq] [--nlist N] \\
+        [--nprobe N] [--pq_m M] [--rerank R] [--runner DirectRunner | DataflowRunner ...]
 
-Raw pooled embeddings are anisotropic: a few directions carry most of the variance and dominate
-cosine similarity. Following Jégou & Chum (ECCV 2012), a Beam + tensorflow-transform job learns over
-the whole corpus the mean μ, the top-`dim` principal directions V (`tft.pca`) and the variance λ_j
-of the data along each (`tft.var` of the projections; λ_j are the covariance's eigenvalues), then maps
-every embedding x to
+A Beam + tensorflow-transform job learns over the whole corpus whatever `--transform` needs — the mean
+μ, the top-`dim` principal directions V (`tft.pca`) and the variance λ_j of the data along each
+(`tft.var` of the projections; λ_j are the covariance's eigenvalues) — then maps every embedding x to
+an L2-normalised vector, so that the inner product of two vectors is their cosine in that space:
 
-    v = normalize( diag(λ + ε·max λ)^(-1/2) · Vᵀ (x − μ) )        (without --whiten: normalize(Vᵀ(x − μ)))
+    raw        v = normalize(x)                                  (no projection: dim = E)
+    pca        v = normalize(p),               p = Vᵀ(x − μ)
+    pca_power  v = normalize(sign(p) ⊙ √|p|)                     (power normalisation, α = ½)
+    whiten     v = normalize(diag(λ + ε·max λ)^(-1/2) · p)       (Jégou & Chum, ECCV 2012)
 
-so that the inner product of two vectors is their cosine in the whitened space. Written to `--output`:
+The default (`DEFAULT_TRANSFORM`) is the one with the best label-overlap precision@10 on the model
+embeddings in BENCHMARKS.md ("Retrieval index"); the others stay available. Written to `--output`:
 
 - `transform_fn/`, `transformed_metadata/`: the learned function (`tft.TFTransformOutput(OUTPUT)`),
   which `pipelines.search` applies to query videos that are not in the index;
 - `vectors-SSSSS-of-NNNNN.parquet`: `id`, `labels`, `model_version`, `vector` (fixed_size_list<float>[dim]);
-- `index.faiss` + `ids.parquet` (row i = index position i) + `index.json` (dims, counts, options,
-  source files, model versions, timings). The faiss index is built on the launching machine from the
-  written vectors (N × dim float32 must fit in its memory: 1M × 256 is 1 GB).
+- `index.faiss` + `ids.parquet` (row i = index position i) + `index.json` (dims, counts, transform,
+  options, source files, model versions, timings). The faiss index is built on the launching machine
+  from the written vectors (N × dim float32 must fit in its memory: 1M × 256 is 1 GB, 1M × 2048 raw
+  vectors 8 GB).
 
 Index types: `flat` (default, exact inner product), `ivf` (inverted lists; `--nprobe` of `--nlist`
 cells are searched) and `ivfpq` (IVF with product-quantised codes, `--pq_m` bytes per vector, whose
@@ -76,6 +80,7 @@ from pipelines.embeddings_io import (  # noqa: E402
 from pipelines.search import (  # noqa: E402
     INDEX_TYPES,
     TRANSFORM_DIR,
+    TRANSFORMS,
     build_index,
     resolve_index_options,
     save_index,
@@ -94,9 +99,19 @@ if os.environ["TF_USE_LEGACY_KERAS"].lower() in ("1", "true"):
         os.environ["TF_USE_LEGACY_KERAS"],
     )
 
-__all__ = ["IndexConfig", "build_index", "index_embeddings", "make_preprocessing_fn", "run"]
+__all__ = [
+    "DEFAULT_TRANSFORM",
+    "IndexConfig",
+    "build_index",
+    "index_embeddings",
+    "make_preprocessing_fn",
+    "run",
+]
 
 DEFAULT_DIM = 256
+# The measured default: see BENCHMARKS.md, "Retrieval index".
+DEFAULT_TRANSFORM = "whiten"
+_DEFAULT_TRANSFORM_WHY = "PCA-whitening, Jégou & Chum 2012"
 VECTOR_COLUMN = "vector"
 PROJECTED_COLUMN = "projected"
 VECTORS_PREFIX = "vectors"
@@ -108,9 +123,9 @@ class IndexConfig:
 
     embeddings: str  # glob of scored Parquet files (local or gs://)
     output: str  # folder for transform_fn/, vectors-*.parquet, index.faiss, ids.parquet, index.json
-    dim: int | None = None  # PCA output size; None: min(256, E, rows − 1)
-    whiten: bool = True  # divide each principal component by its standard deviation
-    whiten_epsilon: float = 1e-6  # added to each variance, relative to the largest one (caps the gain)
+    dim: int | None = None  # PCA output size; None: min(256, E, rows − 1); raw: always E
+    transform: str = DEFAULT_TRANSFORM  # raw | pca | pca_power | whiten (pipelines.search.TRANSFORMS)
+    whiten_epsilon: float = 1e-6  # whiten: added to each variance, relative to the largest (caps the gain)
     index_type: str = "flat"  # flat | ivf | ivfpq (see pipelines.search.IndexOptions)
     nlist: int | None = None  # IVF cells; None: ≈ 4·√N
     nprobe: int | None = None  # IVF cells searched per query; None: max(nlist/64, min(nlist, 32))
@@ -121,33 +136,46 @@ class IndexConfig:
 
 
 def make_preprocessing_fn(
-    *, dim: int, whiten: bool = True, epsilon: float = 1e-6, keep_projected: bool = False
+    *, dim: int, transform: str = DEFAULT_TRANSFORM, epsilon: float = 1e-6, keep_projected: bool = False
 ) -> Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]:
-    """The tensorflow-transform `preprocessing_fn`: mean-centring, PCA to `dim`, whitening, L2.
+    """The tensorflow-transform `preprocessing_fn`: one of `TRANSFORMS`, then L2 normalisation.
 
     Args:
-        dim: number of principal components kept.
-        whiten: divide each component by √(λ_j + ε·max λ), λ_j its variance over the corpus.
-        epsilon: the regulariser ε, relative to the largest variance.
-        keep_projected: also output `projected`, the coordinates before L2 normalisation.
+        dim: number of principal components kept (ignored by `raw`, whose vectors keep all E values).
+        transform: `raw` (L2 only), `pca` (centre, project on the top `dim` principal directions),
+            `pca_power` (`pca`, then the signed square root of each coordinate) or `whiten` (`pca`,
+            then each component divided by √(λ_j + ε·max λ), λ_j its variance over the corpus).
+        epsilon: the whitening regulariser ε, relative to the largest variance.
+        keep_projected: also output `projected`, the coordinates just before L2 normalisation.
 
     Returns:
         A pure function from `{"embedding": [B, E] float32}` to `{"vector": [B, dim] float32}` (plus
         `projected` when asked).
     """
+    if transform not in TRANSFORMS:
+        raise RetrievalInputError(f"--transform {transform!r} is not one of {list(TRANSFORMS)}")
 
     def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         # float64 throughout: the covariance is accumulated as E[xxᵀ] − μμᵀ, which loses digits when
         # the mean is large compared with the spread.
         x = tf.cast(inputs[EMBEDDING_COLUMN], tf.float64)  # [B, E]
-        mean = tft.mean(x, reduce_instance_dims=False, name="embedding_mean")  # [E]
-        components = tft.pca(x, output_dim=dim, dtype=tf.float64, name="pca")  # [E, dim], decreasing variance
-        projected = tf.matmul(x - mean, components)  # [B, dim]
-        if whiten:
+        if transform == "raw":
+            projected = x  # [B, E]
+        else:
+            mean = tft.mean(x, reduce_instance_dims=False, name="embedding_mean")  # [E]
+            components = tft.pca(
+                x, output_dim=dim, dtype=tf.float64, name="pca"
+            )  # [E, dim], decreasing variance
+            projected = tf.matmul(x - mean, components)  # [B, dim]
+        if transform == "whiten":
             # The variance along an eigenvector is its eigenvalue; tft.pca does not return those, so a
             # second pass measures them on the projections.
             variance = tft.var(projected, reduce_instance_dims=False, name="pca_variance")  # [dim]
             projected = projected / tf.sqrt(variance + epsilon * tf.reduce_max(variance))  # [B, dim]
+        elif transform == "pca_power":
+            # Power normalisation (α = ½) shrinks the dominant components' share of the cosine without
+            # equalising them: a softer whitening that needs no variance estimate. Scale-free under L2.
+            projected = tf.sign(projected) * tf.sqrt(tf.abs(projected))  # [B, dim]
         outputs = {VECTOR_COLUMN: tf.cast(tf.math.l2_normalize(projected, axis=1), tf.float32)}
         if keep_projected:
             outputs[PROJECTED_COLUMN] = tf.cast(projected, tf.float32)
@@ -282,6 +310,14 @@ class WriteVectors(beam.PTransform):
 
 
 def _resolve_dim(config: IndexConfig, source: EmbeddingSource) -> int:
+    if config.transform == "raw":
+        if config.dim is not None and config.dim != source.embedding_dim:
+            logger.warning(
+                "--dim %d is ignored with --transform raw: its vectors keep all %d values of the embedding",
+                config.dim,
+                source.embedding_dim,
+            )
+        return source.embedding_dim
     limit = source.num_rows - 1  # centred data of N rows spans at most N − 1 directions
     if config.dim is None:
         dim = min(DEFAULT_DIM, source.embedding_dim, limit)
@@ -367,6 +403,8 @@ def index_embeddings(
             footers suffice; rows whose embedding length differs fail the pipeline with this error).
     """
     start = time.perf_counter()
+    if config.transform not in TRANSFORMS:
+        raise RetrievalInputError(f"--transform {config.transform!r} is not one of {list(TRANSFORMS)}")
     source = inspect_embeddings(config.embeddings)
     dim = _resolve_dim(config, source)
     # Fail on impossible index options now rather than after the pipeline has run.
@@ -380,19 +418,22 @@ def index_embeddings(
         rerank=config.rerank,
     )
     logger.info(
-        "indexing %d rows of %d-d embeddings from %d file(s) → %d-d%s",
+        "indexing %d rows of %d-d embeddings from %d file(s) → %d-d, transform %s",
         source.num_rows,
         source.embedding_dim,
         len(source.files),
         dim,
-        " whitened" if config.whiten else "",
+        config.transform,
     )
     vectors_pattern = FileSystems.join(config.output, f"{VECTORS_PREFIX}-*.parquet")
     _delete_matching(vectors_pattern)
     temp_dir = FileSystems.join(config.output, "tmp")
     options = options or PipelineOptions()
     preprocessing_fn = make_preprocessing_fn(
-        dim=dim, whiten=config.whiten, epsilon=config.whiten_epsilon, keep_projected=config.keep_projected
+        dim=dim,
+        transform=config.transform,
+        epsilon=config.whiten_epsilon,
+        keep_projected=config.keep_projected,
     )
     pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
     cache_key_filter = _DropCacheKeyWarning()
@@ -442,7 +483,10 @@ def index_embeddings(
         "source": {"embeddings": source.pattern, "files": list(source.files), "num_rows": source.num_rows},
         "model_versions": versions,
         "embedding_dim": source.embedding_dim,
-        "whiten": config.whiten,
+        "transform": config.transform,
+        "transform_definition": TRANSFORMS[config.transform],
+        # Kept for readers of indexes from before --transform (true only for the whiten transform).
+        "whiten": config.transform == "whiten",
         "whiten_epsilon": config.whiten_epsilon,
         "transform_fn": f"{TRANSFORM_DIR}/ (tft.TFTransformOutput(this folder): `embedding` → `vector`)",
         "vectors": f"{VECTORS_PREFIX}-*.parquet",
@@ -460,21 +504,34 @@ def parse_known_args(argv: Sequence[str] | None = None) -> tuple[IndexConfig, li
     """This job's flags → `IndexConfig`; everything else is returned for Beam's `PipelineOptions`."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.index",
-        description="PCA-whiten scored embeddings with tensorflow-transform; build a nearest-neighbour index",
+        description="Map scored embeddings to index vectors with tensorflow-transform (--transform); "
+        "build a nearest-neighbour index",
+        epilog="transforms (--transform):\n"
+        + "\n".join(f"  {name:<10} {definition}" for name, definition in TRANSFORMS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--embeddings", required=True, help="glob of scored Parquet files (quote it)")
     parser.add_argument("--output", required=True, help="output folder (local or gs://)")
     parser.add_argument(
-        "--dim", type=int, help=f"PCA output size (default {DEFAULT_DIM}, capped by E and rows − 1)"
+        "--transform",
+        choices=tuple(TRANSFORMS),
+        help=f"embedding → vector map, defined below (default {DEFAULT_TRANSFORM}: {_DEFAULT_TRANSFORM_WHY})",
     )
     parser.add_argument(
-        "--whiten", action=argparse.BooleanOptionalAction, default=True, help="whiten the PCA components"
+        "--dim",
+        type=int,
+        help=f"PCA output size (default {DEFAULT_DIM}, capped by E and rows − 1; raw: always E)",
+    )
+    parser.add_argument(
+        "--whiten",
+        action=argparse.BooleanOptionalAction,
+        help="deprecated: --whiten is --transform whiten, --no-whiten is --transform pca",
     )
     parser.add_argument(
         "--whiten_epsilon",
         type=float,
         default=1e-6,
-        help="variance regulariser, relative to the largest (1e-6)",
+        help="whiten: variance regulariser, relative to the largest (1e-6)",
     )
     parser.add_argument(
         "--index_type", choices=INDEX_TYPES, default="flat", help="flat (exact, default), ivf, ivfpq"
@@ -492,6 +549,15 @@ def parse_known_args(argv: Sequence[str] | None = None) -> tuple[IndexConfig, li
         "--num_shards", type=int, default=0, help="vectors-*.parquet shards (0: runner decides)"
     )
     args, beam_args = parser.parse_known_args(argv)
+    if args.whiten is not None:
+        implied = "whiten" if args.whiten else "pca"
+        flag = "--whiten" if args.whiten else "--no-whiten"
+        if args.transform not in (None, implied):
+            parser.error(f"{flag} (= --transform {implied}) contradicts --transform {args.transform}")
+        logger.warning("%s is deprecated: pass --transform %s", flag, implied)
+        args.transform = implied
+    if args.transform is None:
+        args.transform = DEFAULT_TRANSFORM
     config = IndexConfig(
         **{field.name: getattr(args, field.name) for field in dataclasses.fields(IndexConfig)}
     )
@@ -530,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"indexed {metadata['num_vectors']} videos: {metadata['embedding_dim']}-d embeddings → "
-        f"{metadata['dim']}-d {'whitened ' if metadata['whiten'] else ''}vectors, "
+        f"{metadata['dim']}-d vectors ({metadata['transform']}), "
         f"{options['index_type']} index{knobs}, in {metadata['timings_s']['total']:.1f} s → {config.output}"
     )
     return 0

@@ -51,27 +51,20 @@ def output_schema(embedding_size: int) -> pa.Schema:
 
 
 class WriteParquet(beam.PTransform):
-    """Writes score rows (dicts from `FormatRows`) as sharded Parquet files.
+    """Writes score rows (Arrow tables from `FormatRows`, one per inference batch) as sharded Parquet files.
+
+    Tables go to Beam's `WriteToParquetBatched` as they are: no per-row Python objects on the way.
 
     Args:
         output: path prefix (local or gs://); files are `{output}-SSSSS-of-NNNNN.parquet`.
         embedding_size: E, for the schema.
         num_shards: number of files; 0 (default) lets the runner decide (one per bundle), which avoids
-            shuffling the rows. A fixed count groups all rows first.
-        record_batch_size: rows converted to Arrow at a time; bounds the Python-object buffer.
-        row_group_bytes: Arrow bytes buffered per row group before it is written.
+            shuffling the rows. A fixed count groups all tables first.
         codec: Parquet compression codec.
     """
 
     def __init__(
-        self,
-        output: str,
-        *,
-        embedding_size: int,
-        num_shards: int = 0,
-        record_batch_size: int = 256,
-        row_group_bytes: int = 32 << 20,
-        codec: str = "snappy",
+        self, output: str, *, embedding_size: int, num_shards: int = 0, codec: str = "snappy"
     ) -> None:
         super().__init__()
         if num_shards < 0:
@@ -79,17 +72,13 @@ class WriteParquet(beam.PTransform):
         self._output = output
         self._schema = output_schema(embedding_size)
         self._num_shards = num_shards
-        self._record_batch_size = record_batch_size
-        self._row_group_bytes = row_group_bytes
         self._codec = codec
 
-    def expand(self, rows: beam.PCollection) -> beam.pvalue.PDone:
-        return rows | "WriteToParquet" >> beam.io.WriteToParquet(
+    def expand(self, tables: beam.PCollection) -> beam.pvalue.PDone:
+        return tables | "WriteToParquet" >> beam.io.WriteToParquetBatched(
             self._output,
             self._schema,
             codec=self._codec,
             num_shards=self._num_shards,
             file_name_suffix=".parquet",
-            record_batch_size=self._record_batch_size,
-            row_group_buffer_size=self._row_group_bytes,
         )

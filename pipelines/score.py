@@ -18,7 +18,8 @@ Pipeline: ReadFrameRecords (ReadVideoRecords) -> ParseRecords -> KeyById -> RunI
 
 Checked before anything runs, each with a message saying what to pass: the model exists and is a NeXtVLAD
 scoring model, `--input_format` agrees with the model's inputs and the data, `--top_k` is at most the
-model's class count, the input pattern matches files, the output location is writable.
+model's class count, the input pattern matches files, the output location is writable and holds no
+earlier run's shards (`--overwrite` replaces them; see `pipelines.output_files`).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from nextvlad.serving import check_first_record, describe_id_layout
 from pipelines.handler import (
     PRECISIONS,
     InvalidModelError,
@@ -54,10 +56,10 @@ from pipelines.transforms import (
     DEAD_LETTER,
     METRICS_NAMESPACE,
     FormatRows,
-    KeyById,
     ParseRecords,
     ReadRecords,
     Record,
+    RowDicts,
     WriteDeadLetter,
     read_tfrecord_file,
 )
@@ -87,6 +89,7 @@ class ScoreSummary:
     seconds: float  # wall time of the pipeline run (model loading included)
     output: str  # the output prefix
     dry_run: bool = False  # --dry_run: checked and built, not run
+    labels_outside_vocabulary: int = 0  # scored videos whose ground-truth labels the model does not know
 
     @property
     def num_dead_letters(self) -> int:
@@ -100,8 +103,14 @@ class ScoreSummary:
         """The one-line human summary printed at the end of a run."""
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self.dead_letters.items()))
         dead = f"{self.num_dead_letters} dead letters ({reasons})" if reasons else "0 dead letters"
+        outside = ""
+        if self.labels_outside_vocabulary:
+            outside = (
+                f" ({self.labels_outside_vocabulary} of them with labels outside the model's classes, "
+                "kept in the labels column)"
+            )
         return (
-            f"Scored {self.videos_scored} videos of {self.records_read} records read; {dead}; "
+            f"Scored {self.videos_scored} videos{outside} of {self.records_read} records read; {dead}; "
             f"{self.batches} batches in {self.seconds:.1f}s ({self.videos_per_second:.1f} videos/s); "
             f"output {self.output}-*"
         )
@@ -115,12 +124,27 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         epilog="Every other flag (e.g. --runner, --project, --direct_num_workers) goes to Beam.",
     )
-    parser.add_argument("--input", help=f"TFRecord glob, local or gs:// (default: {DEMO_INPUT})")
     parser.add_argument(
-        "--model", help=f"model directory holding model.keras, or a .keras file (default: {DEMO_MODEL})"
+        "--input",
+        help="TFRecord glob, local or gs://; needs --model (with neither, the demo corpus "
+        f"{DEMO_INPUT} is scored with the demo model)",
     )
     parser.add_argument(
-        "--output", help=f"output path prefix, local or gs:// (default with the demo: {DEMO_OUTPUT})"
+        "--model",
+        help="model directory holding model.keras, or a .keras file; needs --input (with neither, the "
+        f"demo model {DEMO_MODEL} is used)",
+    )
+    parser.add_argument(
+        "--output",
+        help="output path prefix, local or gs://; a prefix that already holds a run's files is refused "
+        f"unless --overwrite is given (default with the demo: {DEMO_OUTPUT})",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier run at --output: once every check has passed, delete its Parquet, "
+        "dead-letter and segment shards (any shard count; other files are left alone), then score. "
+        "BigQuery rows are appended either way",
     )
     parser.add_argument(
         "--output_format",
@@ -153,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("frame", "video"),
         help="frame (SequenceExample) or video (mean_rgb/mean_audio); default: what the model takes",
     )
-    parser.add_argument("--max_frames", type=int, default=300, help="frames kept per video (default 300)")
+    parser.add_argument("--max_frames", type=int, help=argparse.SUPPRESS)  # refused: the model's own limit
     parser.add_argument(
         "--model_version",
         help="written into every row (default: model directory name @ short sha256 of the file)",
@@ -163,9 +187,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="list truncated/corrupt TFRecord data in the dead letter instead of failing the job",
     )
+    parser.add_argument("--pca_eigenvals", help=argparse.SUPPRESS)  # refused: the model stores its scale
     parser.add_argument(
-        "--pca_eigenvals",
-        help="yt8m_pca/eigenvals.npy: reverse-whiten rgb as the model was trained (NeXtVLAD paper §3.3)",
+        "--length_buckets",
+        type=lambda text: [int(v) for v in text.split(",") if v],
+        help="comma-separated frame counts, e.g. 64,128,192,256: batch videos of similar length together "
+        "(Beam's length-aware batching; less padding, at the cost of keyed state). Default: arrival order",
     )
     parser.add_argument(
         "--precision",
@@ -213,32 +240,59 @@ def _fail(message: str) -> None:
 
 
 def _apply_demo_defaults(args: argparse.Namespace) -> None:
-    """Missing --input/--model fall back to the demo corpus and model, when `make demo` made them."""
-    demo = args.input is None and args.model is None
-    if args.input is None:
-        if not FileSystems.match([str(DEMO_INPUT)])[0].metadata_list:
-            _fail(
-                f"No --input given and no demo corpus at {DEMO_INPUT}: run `make demo` first, or pass "
-                "--input 'PATTERN.tfrecord' --model MODEL_DIR --output PREFIX"
-            )
-        args.input = str(DEMO_INPUT)
-    if args.model is None:
-        if not DEMO_MODEL.is_file():
-            _fail(
-                f"No --model given and no demo model at {DEMO_MODEL}: run `make demo` first, or pass "
-                "--model MODEL_DIR (a directory with model.keras, or a .keras file)"
-            )
-        args.model = str(DEMO_MODEL)
-    if args.output is None:
-        if not demo:
+    """With neither --input nor --model, score the demo corpus with the demo model (made by `make demo`).
+
+    One without the other is an error: real data scored by the demo model would look like a result.
+    """
+    if args.input is not None and args.model is None:
+        _fail(
+            f"--input {args.input!r} is given without --model: pass --model MODEL_DIR (a directory with "
+            "model.keras, or a .keras file); the demo model is used only when neither is given"
+        )
+    if args.model is not None and args.input is None:
+        _fail(
+            f"--model {args.model!r} is given without --input: pass --input 'PATTERN.tfrecord'; the demo "
+            "corpus is used only when neither is given"
+        )
+    if args.input is not None:
+        if args.output is None:
             _fail(
                 "--output is required: pass an output prefix, e.g. --output scores/run1 or gs://BUCKET/scores/run1"
             )
-        args.output = str(DEMO_OUTPUT)
+        return
+    if not FileSystems.match([str(DEMO_INPUT)])[0].metadata_list:
+        _fail(
+            f"No --input given and no demo corpus at {DEMO_INPUT}: run `make demo` first, or pass "
+            "--input 'PATTERN.tfrecord' --model MODEL_DIR --output PREFIX"
+        )
+    if not DEMO_MODEL.is_file():
+        _fail(
+            f"No --model given and no demo model at {DEMO_MODEL}: run `make demo` first, or pass "
+            "--input 'PATTERN.tfrecord' --model MODEL_DIR --output PREFIX"
+        )
+    args.input, args.model = str(DEMO_INPUT), str(DEMO_MODEL)
+    args.output = args.output or str(DEMO_OUTPUT)
+    logger.info(
+        "no --input or --model given: scoring the demo corpus %s with the demo model %s into %s",
+        args.input,
+        args.model,
+        args.output,
+    )
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    for name, minimum in (("top_k", 1), ("batch_size", 1), ("num_shards", 0), ("max_frames", 1)):
+    for flag, why in (
+        ("max_frames", "the model applies its own frame limit (trainer.train --max_frames)"),
+        ("pca_eigenvals", "the model stores its reverse whitening (trainer.train --pca_eigenvals)"),
+    ):
+        if getattr(args, flag) is not None:
+            _fail(
+                f"--{flag} is no longer a scoring flag: {why}. Drop it; a model saved before this change is "
+                "refused with the command that re-exports it"
+            )
+    if args.length_buckets is not None and any(b < 1 for b in args.length_buckets):
+        _fail(f"--length_buckets={args.length_buckets}: every boundary must be a positive frame count")
+    for name, minimum in (("top_k", 1), ("batch_size", 1), ("num_shards", 0)):
         if getattr(args, name) is not None and getattr(args, name) < minimum:
             _fail(f"--{name}={getattr(args, name)} must be >= {minimum}")
     if args.model_copies is not None and args.model_copies < 1:
@@ -298,27 +352,23 @@ def _check_input(args: argparse.Namespace, info: ModelInfo) -> None:
         _fail(f"--input {args.input!r} matches no files; check the path (local or gs://) and the glob")
     # The first record tells whether the data is frame or video level; a mismatch would otherwise send
     # every record to the dead letter.
-    from nextvlad import yt8m
-
-    first = next(read_tfrecord_file(sorted(f.path for f in files)[0]), None)
+    first_file = sorted(f.path for f in files)[0]
+    first = next(read_tfrecord_file(first_file), None)
     if not isinstance(first, Record):
         return  # empty or corrupt: the pipeline reports it
     try:
-        if args.input_format == "frame":
-            yt8m.parse_frame_example(first.data, num_classes=info.num_classes)
-        else:
-            yt8m.parse_video_example(first.data, num_classes=info.num_classes)
-    except yt8m.InvalidRecordError as e:
-        if e.reason == "wrong_record_kind":
-            data_format = "video" if args.input_format == "frame" else "frame"
-            _fail(
-                f"{first.source_file} holds {data_format}-level records but the model {info.path} takes "
-                f"{args.input_format}-level inputs; score this data with a {data_format}-level model, "
-                f"or pass {args.input_format}-level records"
-            )
+        layout = check_first_record(first.data, info, source=first_file)
+    except ValueError as e:
+        _fail(str(e))
+    logger.info(
+        "records: %s-level, %s (first record of %s)",
+        args.input_format,
+        describe_id_layout(layout),
+        first_file,
+    )
 
 
-def _check_output(output: str) -> None:
+def _check_output(output: str, *, overwrite: bool) -> None:
     probe = f"{output}-write-check-{uuid.uuid4().hex}.tmp"
     try:
         with FileSystems.create(probe) as f:
@@ -329,25 +379,62 @@ def _check_output(output: str) -> None:
             f"Cannot write to the output location {output!r} ({type(e).__name__}: {e}); pass an "
             "--output prefix in a directory or bucket you can write to"
         ) from e
-    stale = FileSystems.match([f"{output}-*-of-*.parquet"])[0].metadata_list
-    if stale:
+    from pipelines import output_files
+
+    existing = output_files.find_existing(output)
+    if existing.shards and not overwrite:
+        _refuse_earlier_run(output, existing.shards)
+    if existing.foreign:
         logger.warning(
-            "%d Parquet files already match %s-*-of-*.parquet; this run overwrites shards with the same "
-            "names but leaves any others: use a fresh --output prefix to avoid mixing runs",
-            len(stale),
+            "%d file(s) match %s-*.parquet without being this job's shards (%s): they are left alone, and "
+            "a reader of that glob reads them too",
+            len(existing.foreign),
             output,
+            _some(existing.foreign),
         )
 
 
-def _rgb_scale(path: str | None) -> Any:
-    if not path:
-        return None
-    from nextvlad import yt8m
+def _some(paths: Sequence[str], shown: int = 3) -> str:
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more
 
-    try:
-        return yt8m.reverse_whitening_scale(path)
-    except (OSError, ValueError) as e:
-        raise ScoreSetupError(f"--pca_eigenvals {path!r} is not usable: {e}") from e
+
+def _refuse_earlier_run(output: str, shards: Sequence[str]) -> None:
+    _fail(
+        f"--output {output!r} already holds the output of an earlier run ({len(shards)} files: "
+        f"{_some(shards)}); scoring into it would leave two runs mixed for readers of "
+        f"'{output}-*.parquet'. Pass --overwrite to replace that run, or choose a new --output prefix"
+    )
+
+
+def _clear_output(output: str, *, overwrite: bool, dry_run: bool) -> None:
+    """Right before the pipeline starts (every check passed): deletes what a killed run left and, with
+    --overwrite, the earlier run's shards, so that the prefix ends up holding this run's files only.
+
+    The earlier run goes before the new one starts rather than when it finishes: a new run killed while
+    renaming its files into place then leaves part of one run (refused next time), never two runs mixed.
+    """
+    from pipelines import output_files
+
+    existing = output_files.find_existing(output)
+    if existing.shards and not overwrite:
+        _refuse_earlier_run(output, existing.shards)  # written there since the check
+    if dry_run:
+        if existing.shards:
+            logger.info("dry run: --overwrite would delete %s", _some(existing.shards))
+        return
+    if existing.leftovers:
+        logger.warning(
+            "deleting the temporary files of an interrupted run at %s: %s", output, _some(existing.leftovers)
+        )
+    if existing.shards:
+        logger.info(
+            "--overwrite: deleting the earlier run's %d files at %s: %s",
+            len(existing.shards),
+            output,
+            _some(existing.shards),
+        )
+    output_files.remove(output, existing, shards=overwrite)
 
 
 def build_pipeline(
@@ -356,7 +443,6 @@ def build_pipeline(
     info: ModelInfo,
     *,
     model_version: str,
-    rgb_scale: Any = None,
     bigquery_test_client: Any = None,
 ) -> None:
     """Adds the scoring transforms to `pipeline` (arguments already checked by `run`).
@@ -366,7 +452,6 @@ def build_pipeline(
         args: parsed arguments (see `parse_known_args`), with defaults resolved.
         info: the model, from `pipelines.handler.inspect_model`.
         model_version: written into every row.
-        rgb_scale: optional reverse-whitening scale [1024].
         bigquery_test_client: a Beam BigQuery client to use instead of the default (tests).
     """
     level = args.input_format.capitalize()
@@ -379,8 +464,7 @@ def build_pipeline(
     parsed = records | "ParseRecords" >> ParseRecords(
         input_format=args.input_format,
         num_classes=info.num_classes,
-        max_frames=args.max_frames,
-        rgb_scale=rgb_scale,
+        max_frames=info.max_frames,
     )
     handler = NeXtVLADModelHandler(
         info.path,
@@ -389,12 +473,13 @@ def build_pipeline(
         precision=args.precision,
         share_model_across_processes=args.share_model or args.model_copies is not None,
         model_copies=args.model_copies,
+        length_buckets=args.length_buckets,
     )
     rows = (
         parsed.examples
-        | "KeyById" >> KeyById()
-        | "RunInference" >> RunInference(KeyedModelHandler(handler))
-        | "FormatRows" >> FormatRows(top_k=args.top_k, model_version=model_version)
+        | "RunInference" >> RunInference(handler)
+        | "FormatRows"
+        >> FormatRows(top_k=args.top_k, model_version=model_version, embedding_size=info.embedding_size)
     )
     if "parquet" in args.output_format:
         rows | "WriteParquet" >> WriteParquet(
@@ -403,11 +488,16 @@ def build_pipeline(
     if "bigquery" in args.output_format:
         from pipelines.bigquery import WriteRowsToBigQuery
 
-        rows | "WriteBigQuery" >> WriteRowsToBigQuery(
-            args.bigquery_table,
-            method=args.bigquery_method,
-            custom_gcs_temp_location=args.bigquery_temp_location,
-            test_client=bigquery_test_client,
+        (
+            rows
+            | "RowDicts" >> RowDicts()
+            | "WriteBigQuery"
+            >> WriteRowsToBigQuery(
+                args.bigquery_table,
+                method=args.bigquery_method,
+                custom_gcs_temp_location=args.bigquery_temp_location,
+                test_client=bigquery_test_client,
+            )
         )
     (
         (read[DEAD_LETTER], parsed[DEAD_LETTER])
@@ -492,8 +582,7 @@ def run(
     _check_arguments(args)
     info = _check_model(args)
     _check_input(args, info)
-    _check_output(args.output)
-    rgb_scale = _rgb_scale(args.pca_eigenvals)
+    _check_output(args.output, overwrite=args.overwrite)
     model_version = args.model_version or default_model_version(args.model, info.path)
     logger.info(
         "scoring %s with %s (%s, %s level, %d classes, embedding %d) -> %s (%s)",
@@ -515,9 +604,9 @@ def run(
         args,
         info,
         model_version=model_version,
-        rgb_scale=rgb_scale,
         bigquery_test_client=bigquery_test_client,
     )
+    _clear_output(args.output, overwrite=args.overwrite, dry_run=args.dry_run)
     if args.dry_run:
         return _describe_dry_run(pipeline, options, model_version)
     started = time.perf_counter()
@@ -533,6 +622,7 @@ def run(
         batches=counters.get("batches", 0),
         seconds=seconds,
         output=args.output,
+        labels_outside_vocabulary=counters.get("labels_outside_vocabulary", 0),
     )
 
 

@@ -1,6 +1,7 @@
 """Videos similar to a given one, from an index built by `pipelines.index`; and retrieval quality.
 
-Neighbours of an indexed video (similarity = cosine of the whitened, L2-normalised vectors):
+Neighbours of an indexed video (similarity = cosine of the index's L2-normalised vectors, in the space
+chosen by `pipelines.index --transform`):
 
     python -m pipelines.search --index runs/index --id VIDEO_ID -k 10 \\
         --label_names ../shared/data/label_names_2018.csv
@@ -16,7 +17,7 @@ written as JSON (default `INDEX/retrieval_quality.json`):
 
     python -m pipelines.search --index runs/index --evaluate --queries 1000 -k 10
 
-From Python: `build_index`, `save_index`, `load_index`, `search`, `transform_embeddings`,
+From Python: `build_index`, `save_index`, `load_index`, `search`, `transform_embeddings`, `index_transform`,
 `evaluate_retrieval`.
 """
 
@@ -58,6 +59,15 @@ from pipelines.embeddings_io import (  # noqa: E402
 logger = logging.getLogger(__name__)
 
 INDEX_TYPES = ("flat", "ivf", "ivfpq")
+# How `pipelines.index` maps an embedding x to an index vector (μ, V: corpus mean and top principal
+# directions; λ: the variance along each). The saved tensorflow-transform function applies the same map
+# to query embeddings; `index.json` names it under "transform".
+TRANSFORMS = {
+    "whiten": "PCA to --dim, each component divided by its std, L2: normalize(diag(λ)^-½·p), p = Vᵀ(x − μ)",
+    "pca": "PCA to --dim, L2 (no whitening): normalize(p), p = Vᵀ(x − μ)",
+    "pca_power": "PCA to --dim, signed square root of each coordinate, L2: normalize(sign(p)·√|p|)",
+    "raw": "L2 only (no centring, no projection; --dim does not apply): normalize(x)",
+}
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 METADATA_FILE = "index.json"
@@ -362,6 +372,29 @@ def load_index(directory: str) -> RetrievalIndex:
     return loaded
 
 
+def index_transform(metadata: Mapping[str, Any], *, directory: str = "the index") -> str | None:
+    """The name of the transform (a key of `TRANSFORMS`) that made an index's vectors, from `index.json`.
+
+    Indexes written before `--transform` existed record only `"whiten": true | false`, which are the
+    `whiten` and `pca` transforms. None for an index saved from Python without `pipelines.index` (its
+    vectors are in whatever space the caller built them).
+
+    Raises:
+        RetrievalInputError: the index names a transform this version does not know.
+    """
+    if "transform" in metadata:
+        transform = metadata["transform"]
+        if transform not in TRANSFORMS:
+            raise RetrievalInputError(
+                f"{directory} was built with --transform {transform!r}, which this version does not know "
+                f"(known: {', '.join(TRANSFORMS)}); rebuild it with pipelines.index or upgrade"
+            )
+        return transform
+    if "whiten" in metadata:
+        return "whiten" if metadata["whiten"] else "pca"
+    return None
+
+
 def search(index: RetrievalIndex | faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The `k` most similar indexed vectors (largest inner product) for each query.
 
@@ -416,7 +449,7 @@ def _search_excluding(index: RetrievalIndex, queries: np.ndarray, k: int, exclud
 
 
 def transform_embeddings(index_dir: str, embeddings: np.ndarray) -> np.ndarray:
-    """Applies the index's saved tensorflow-transform function (PCA-whitening + L2) to raw embeddings.
+    """Applies the index's saved tensorflow-transform function (its `--transform`, then L2) to embeddings.
 
     Args:
         index_dir: folder written by `pipelines.index` (holds `transform_fn/`).
@@ -435,6 +468,8 @@ def transform_embeddings(index_dir: str, embeddings: np.ndarray) -> np.ndarray:
             f"the index at {index_dir} has no {TRANSFORM_DIR}/ (it was not built by pipelines.index); "
             "search it with vectors in its own space (--id, or search() from Python)"
         )
+    transform = index_transform(metadata, directory=index_dir)
+    logger.info("query embeddings → the index's %s transform (%s)", transform, TRANSFORMS[transform])
     expected = metadata["embedding_dim"]
     if embeddings.shape[1] != expected:
         raise RetrievalInputError(
@@ -607,10 +642,11 @@ def format_neighbours(
     return "\n".join([heading, line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
 
 
-def format_quality(quality: RetrievalQuality, *, index_dir: str) -> str:
-    """The evaluation as a small table."""
+def format_quality(quality: RetrievalQuality, *, index_dir: str, transform: str | None = None) -> str:
+    """The evaluation as a small table (`transform`: the index's, see `index_transform`)."""
     rows = [
         ("index", index_dir),
+        ("transform", transform or "- (vectors as saved)"),
         ("queries evaluated", str(quality.num_queries)),
         ("skipped (no labels / no relevant)", f"{quality.skipped_unlabeled} / {quality.skipped_no_relevant}"),
         (f"precision@{quality.k}", f"{quality.precision_at_k:.4f}"),
@@ -665,16 +701,18 @@ def _run(args: argparse.Namespace) -> None:
         index.set_rerank(args.rerank)
     names = read_label_names(args.label_names) if args.label_names else None
     if args.evaluate:
+        transform = index_transform(index.metadata, directory=args.index)
         quality = evaluate_retrieval(index, k=args.k, num_queries=args.queries, seed=args.seed)
         output = args.output or _join(args.index, "retrieval_quality.json")
         report = {
             **quality.to_dict(),
             "index": args.index,
+            "transform": transform,
             "seed": args.seed,
             "index_options": index.options.to_dict(),
         }
         _write_bytes(output, json.dumps(report, indent=2).encode())
-        print(format_quality(quality, index_dir=args.index))
+        print(format_quality(quality, index_dir=args.index, transform=transform))
         print(f"wrote {output}")
         return
     if args.id is not None:

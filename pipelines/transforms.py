@@ -1,7 +1,7 @@
 """The scoring pipeline's building blocks: read, parse, key, format rows, and the dead letter.
 
 ```
-ReadFrameRecords ─► ParseRecords ─► KeyById ─► RunInference ─► FormatRows ─► (sink)
+ReadFrameRecords ─► ParseRecords ─► RunInference (batches) ─► FormatRows (Arrow tables) ─► (sink)
    │ corrupt files      │ bad records
    └────────────────────┴──────────────► WriteDeadLetter  ({output}-errors-SSSSS-of-NNNNN.jsonl)
 ```
@@ -9,7 +9,7 @@ ReadFrameRecords ─► ParseRecords ─► KeyById ─► RunInference ─► F
 Every record read ends up either as one output row or as one dead letter, so
 `rows written + dead letters == records_read` (Beam counter namespace `nextvlad`). A dead letter is a JSON
 object with `source_file`, `byte_offset` (of the record in its file), `id` (null when unknown), `reason`
-(a slug: one of `nextvlad.yt8m.INVALID_REASONS` or `corrupt_file`), `message` and `record_base64` (the raw
+(a slug: one of `nextvlad.records.INVALID_REASONS` or `corrupt_file`), `message` and `record_base64` (the raw
 record, so it can be fixed and replayed; null for the unreadable remainder of a corrupt file).
 """
 
@@ -24,10 +24,14 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+
+from nextvlad import records
+from nextvlad.records import masked_crc32c
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +115,6 @@ def dead_letter(
 # --------------------------------------------------------------------------------------------------
 
 
-def _masked_crc32c(data: bytes) -> int:
-    import google_crc32c
-
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 def read_tfrecord_file(path: str) -> Iterator[Record | CorruptFileError]:
     """Reads the records of one TFRecord file (local or gs://; `.gz` is decompressed), checking every CRC.
 
@@ -141,7 +138,7 @@ def read_tfrecord_file(path: str) -> Iterator[Record | CorruptFileError]:
                 )
                 return
             length, length_crc = struct.unpack("<QI", header)
-            if _masked_crc32c(header[:8]) != length_crc:
+            if masked_crc32c(header[:8]) != length_crc:
                 yield CorruptFileError(
                     path, offset, "has a record length that fails its CRC check: the file is corrupt"
                 )
@@ -153,7 +150,7 @@ def read_tfrecord_file(path: str) -> Iterator[Record | CorruptFileError]:
                 )
                 return
             data = body[:length]
-            if _masked_crc32c(data) != struct.unpack("<I", body[length:])[0]:
+            if masked_crc32c(data) != struct.unpack("<I", body[length:])[0]:
                 yield CorruptFileError(
                     path, offset, "has a record whose payload fails its CRC check", data=data
                 )
@@ -227,40 +224,26 @@ class ReadRecords(beam.PTransform):
 
 
 class _ParseFn(beam.DoFn):
-    def __init__(
-        self, input_format: str, num_classes: int, max_frames: int, rgb_scale: np.ndarray | None
-    ) -> None:
+    def __init__(self, input_format: str, num_classes: int, max_frames: int | None) -> None:
         self._input_format = input_format
         self._num_classes = num_classes
         self._max_frames = max_frames
-        self._rgb_scale = rgb_scale
 
     def setup(self) -> None:
-        from nextvlad import yt8m
-
-        self._yt8m = yt8m
+        self._outside_vocabulary = Metrics.counter(METRICS_NAMESPACE, "labels_outside_vocabulary")
 
     def process(self, record: Record) -> Iterator[Any]:
-        yt8m = self._yt8m
         try:
+            # Ground-truth labels are carried, not checked against the model's classes: a video labeled
+            # with another vocabulary is still scored (and counted below).
             if self._input_format == "frame":
-                parsed = yt8m.parse_frame_example(
-                    record.data, max_frames=self._max_frames, num_classes=self._num_classes
+                example = records.parse_frame_example(
+                    record.data, max_frames=self._max_frames, num_classes=None
                 )
-                example = {
-                    "id": parsed["id"],
-                    "labels": parsed["labels"],
-                    "rgb": parsed["rgb"],  # [T, 1024]
-                    "audio": parsed["audio"],  # [T, 128]
-                    "num_frames": parsed["num_frames"],
-                }
-                rgb_key = "rgb"
             else:
-                parsed = yt8m.parse_video_example(record.data, num_classes=self._num_classes)
-                # Video-level records carry no frame count: num_frames = 0 marks mean-feature input.
-                example = {**parsed, "num_frames": 0}
-                rgb_key = "mean_rgb"
-        except yt8m.InvalidRecordError as e:
+                example = records.parse_video_example(record.data, num_classes=None)
+                example["num_frames"] = 0  # video-level records carry no frame count
+        except records.InvalidRecordError as e:
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTER,
                 dead_letter(
@@ -278,48 +261,38 @@ class _ParseFn(beam.DoFn):
             raise RuntimeError(
                 f"Parsing the record at byte {record.byte_offset} of {record.source_file} failed: {e!r}"
             ) from e
-        if self._rgb_scale is not None:
-            example[rgb_key] = yt8m.reverse_whiten(example[rgb_key], self._rgb_scale)
+        if any(label < 0 or label >= self._num_classes for label in example["labels"]):
+            self._outside_vocabulary.inc()
         yield example
 
 
 class ParseRecords(beam.PTransform):
-    """Parses, validates and dequantizes YouTube-8M records; invalid ones go to the dead letter.
+    """Parses and validates YouTube-8M records; invalid ones go to the dead letter.
+
+    Frames stay uint8 as stored (views of the record's bytes): the model dequantizes them itself.
 
     Args:
         input_format: "frame" (SequenceExample) or "video" (Example with mean_rgb/mean_audio).
-        num_classes: label ids must lie in [0, num_classes) (the model's class count).
-        max_frames: frames kept per video.
-        rgb_scale: optional [1024] reverse-whitening scale (`nextvlad.yt8m.reverse_whitening_scale`).
+        num_classes: the model's class count; videos whose ground-truth labels lie outside [0, num_classes)
+            are scored anyway and counted in the `labels_outside_vocabulary` counter.
+        max_frames: frames kept per video (the model's own limit; later frames are not copied).
 
     Returns (expand):
-        A `DoOutputsTuple`: main output of example dicts (`id`, `labels`, `num_frames` and `rgb` [T, 1024] /
-        `audio` [T, 128] float32, or `mean_rgb` / `mean_audio` with `num_frames = 0` at video level),
-        tagged `dead_letter` output.
+        A `DoOutputsTuple`: main output of example dicts (`id`, `labels`, `num_frames` and `rgb` uint8
+        [T, 1024] / `audio` uint8 [T, 128], plus the segment fields when the record has them; or `mean_rgb` /
+        `mean_audio` float32 with `num_frames = 0` at video level), tagged `dead_letter` output.
     """
 
     def __init__(
-        self,
-        *,
-        input_format: str = "frame",
-        num_classes: int,
-        max_frames: int = 300,
-        rgb_scale: np.ndarray | None = None,
+        self, *, input_format: str = "frame", num_classes: int, max_frames: int | None = 300
     ) -> None:
         super().__init__()
         if input_format not in ("frame", "video"):
             raise ValueError(f"input_format={input_format!r}; expected 'frame' or 'video'")
-        self._fn = _ParseFn(input_format, num_classes, max_frames, rgb_scale)
+        self._fn = _ParseFn(input_format, num_classes, max_frames)
 
     def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return records | "Parse" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="examples")
-
-
-class KeyById(beam.PTransform):
-    """`example -> (example["id"], example)`, the input `KeyedModelHandler` expects."""
-
-    def expand(self, examples: beam.PCollection) -> beam.PCollection:
-        return examples | "Key" >> beam.Map(lambda example: (example["id"], example))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,53 +300,98 @@ class KeyById(beam.PTransform):
 # --------------------------------------------------------------------------------------------------
 
 
-class _FormatRowFn(beam.DoFn):
-    def __init__(self, top_k: int, model_version: str) -> None:
+class ScoredBatch(NamedTuple):
+    """One inference batch: the parsed videos and the model's outputs for them, row for row."""
+
+    examples: list[dict[str, Any]]
+    predictions: np.ndarray  # [B, C] float32
+    embeddings: np.ndarray  # [B, E] float32
+
+
+def _int_lists(values: list[list[int]]) -> pa.Array:
+    offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum([len(v) for v in values], out=offsets[1:])
+    flat = np.fromiter((x for v in values for x in v), dtype=np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
+def _fixed_lists(matrix: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    width = matrix.shape[1]
+    values = pa.array(np.ascontiguousarray(matrix).reshape(-1), type=value_type)
+    return pa.FixedSizeListArray.from_arrays(values, width)
+
+
+def _fixed_as_lists(matrix: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    offsets = np.arange(0, matrix.size + 1, max(matrix.shape[1], 1), dtype=np.int32)[: len(matrix) + 1]
+    values = pa.array(np.ascontiguousarray(matrix).reshape(-1), type=value_type)
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def rows_table(batch: ScoredBatch, *, top_k: int, model_version: str, schema: pa.Schema) -> pa.Table:
+    """The output rows of one scored batch as an Arrow table (top-k over the whole `[B, C]` matrix)."""
+    from nextvlad.metrics import top_k as top_k_fn
+
+    classes, scores = top_k_fn(batch.predictions, top_k)  # [B, k] each, best first
+    examples = batch.examples
+    columns = {
+        "id": pa.array([e["id"] for e in examples], type=pa.string()),
+        "num_frames": pa.array(np.array([e["num_frames"] for e in examples], dtype=np.int32)),
+        "labels": _int_lists([e["labels"] for e in examples]),
+        "top_classes": _fixed_as_lists(classes.astype(np.int32, copy=False), pa.int32()),
+        "top_scores": _fixed_as_lists(scores.astype(np.float32, copy=False), pa.float32()),
+        "embedding": _fixed_lists(batch.embeddings.astype(np.float32, copy=False), pa.float32()),
+        "model_version": pa.array([model_version] * len(examples), type=pa.string()),
+    }
+    return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+
+
+class _FormatRowsFn(beam.DoFn):
+    def __init__(self, top_k: int, model_version: str, embedding_size: int) -> None:
         self._top_k = top_k
         self._model_version = model_version
+        self._embedding_size = embedding_size
 
     def setup(self) -> None:
-        from nextvlad.metrics import top_k
+        from pipelines.parquet_sink import output_schema
 
-        self._top_k_fn = top_k
+        self._schema = output_schema(self._embedding_size)
         self._scored = Metrics.counter(METRICS_NAMESPACE, "videos_scored")
 
-    def process(self, keyed: tuple[str, Any]) -> Iterator[dict[str, Any]]:
-        video_id, result = keyed
-        example, inference = result.example, result.inference
-        classes, scores = self._top_k_fn(inference["predictions"][None, :], self._top_k)  # [1, k]
-        self._scored.inc()
-        yield {
-            "id": video_id,
-            "num_frames": int(example["num_frames"]),
-            "labels": [int(label) for label in example["labels"]],
-            "top_classes": classes[0].tolist(),
-            "top_scores": scores[0].tolist(),
-            "embedding": inference["embedding"].tolist(),
-            "model_version": self._model_version,
-        }
+    def process(self, batch: ScoredBatch) -> Iterator[pa.Table]:
+        table = rows_table(batch, top_k=self._top_k, model_version=self._model_version, schema=self._schema)
+        self._scored.inc(table.num_rows)
+        yield table
 
 
 class FormatRows(beam.PTransform):
-    """`(id, PredictionResult)` -> one output row per video (DESIGN.md "Score output").
+    """`ScoredBatch` -> one Arrow table of output rows per batch (docs/design.md "Score output").
 
-    Rows are plain JSON-compatible dicts: `id` str, `num_frames` int, `labels` list[int],
-    `top_classes` list[int] (best first), `top_scores` list[float] (float32 values), `embedding`
-    list[float] (float32 values, length E), `model_version` str.
+    Columns (the schema of `pipelines.parquet_sink.output_schema`): `id` string, `num_frames` int32,
+    `labels` list<int32>, `top_classes` list<int32> (best first), `top_scores` list<float32>, `embedding`
+    fixed-size list<float32> (length E), `model_version` string. `RowDicts` turns the tables into
+    JSON-compatible dicts for sinks that need rows (BigQuery).
 
     Args:
         top_k: classes kept per video.
         model_version: written into every row.
+        embedding_size: E, the model's embedding length.
     """
 
-    def __init__(self, *, top_k: int, model_version: str) -> None:
+    def __init__(self, *, top_k: int, model_version: str, embedding_size: int) -> None:
         super().__init__()
         if top_k < 1:
             raise ValueError(f"top_k={top_k}; expected a positive number of classes")
-        self._fn = _FormatRowFn(top_k, model_version)
+        self._fn = _FormatRowsFn(top_k, model_version, embedding_size)
 
-    def expand(self, results: beam.PCollection) -> beam.PCollection:
-        return results | "Format" >> beam.ParDo(self._fn)
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        return batches | "Format" >> beam.ParDo(self._fn)
+
+
+class RowDicts(beam.PTransform):
+    """Arrow tables of output rows -> one dict per row (`id` str, lists as Python lists)."""
+
+    def expand(self, tables: beam.PCollection) -> beam.PCollection:
+        return tables | "ToRows" >> beam.FlatMap(lambda table: table.to_pylist())
 
 
 class WriteDeadLetter(beam.PTransform):

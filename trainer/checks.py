@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from nextvlad import yt8m
 from nextvlad.config import ModelConfig
+from nextvlad.serving import describe_id_layout
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +60,22 @@ def check_records(
     stride = max(1, len(files) // _MAX_FILES_SAMPLED)
     sampled = files[::stride][:_MAX_FILES_SAMPLED]
     per_file = max(1, math.ceil(max_records / len(sampled)))
-    checked = 0
+    checked, layouts = 0, set()
     for path in sampled:
         for record in tf.data.TFRecordDataset(path).take(per_file):
             _check_one(record.numpy(), path, flag, input_format, num_classes, max_frames)
+            layouts.add(describe_id_layout(yt8m.id_feature(record.numpy())))
             checked += 1
     if checked == 0 and yt8m.count_records(files) == 0:
         raise ValueError(f"{flag}: the {len(files)} file(s) matching {list(patterns)} hold no records")
-    logger.info("%s: %d files; %d records checked as %s-level data", flag, len(files), checked, input_format)
+    logger.info(
+        "%s: %d files; %d records checked as %s-level data (%s)",
+        flag,
+        len(files),
+        checked,
+        input_format,
+        "; ".join(sorted(layouts)) or "none read",
+    )
     return files
 
 

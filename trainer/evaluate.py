@@ -41,14 +41,23 @@ from typing import Any
 
 import numpy as np
 
+from nextvlad import records
+from nextvlad.serving import (
+    FRAME_INPUTS,
+    VIDEO_INPUTS,
+    InvalidModelError,
+    ModelInfo,
+    check_first_record,
+    describe_id_layout,
+    describe_model,
+    load_model,
+    resolve_model_file,
+)
+
 logger = logging.getLogger(__name__)
 
-MODEL_FILENAME = "model.keras"
-CONFIG_FILENAME = "config.json"
 DEFAULT_OUTPUT = "eval_metrics.json"
 # Inputs of the two kinds of serving model (see `nextvlad.model.model_inputs`).
-FRAME_INPUTS = frozenset({"rgb", "audio", "num_frames"})
-VIDEO_INPUTS = frozenset({"mean_rgb", "mean_audio"})
 DEFAULT_BATCH_SIZE = {"frame": 64, "video": 1024}  # frame batches are ~1.4 MB per video once decoded
 # Metrics run over blocks of rows / classes, so their temporaries stay small next to the [N, C] scores.
 _ROW_BLOCK = 2048
@@ -68,124 +77,26 @@ def _gfile():
     return tf.io.gfile
 
 
-# Local paths go through `os` so that a mistyped path fails at once, before TensorFlow is imported.
-def _isdir(path: str) -> bool:
-    return _gfile().isdir(path) if "://" in path else os.path.isdir(path)
-
-
-def _exists(path: str) -> bool:
-    return _gfile().exists(path) if "://" in path else os.path.exists(path)
-
-
-def resolve_model_path(model: str) -> str:
-    """The `.keras` file for `model`: a model_dir (holding `model.keras`) or a `.keras` file.
-
-    Args:
-        model: path (local or gs://) of a model directory written by `trainer.train` or a `.keras` file.
-
-    Returns:
-        Path of the `.keras` file.
-
-    Raises:
-        FileNotFoundError: nothing there, or a directory without `model.keras`.
-    """
-    if _isdir(model):
-        path = f"{model.rstrip('/')}/{MODEL_FILENAME}"
-        if not _exists(path):
-            raise FileNotFoundError(
-                f"Model directory {model!r} has no {MODEL_FILENAME}; pass the model_dir that trainer.train "
-                f"wrote (it saves {MODEL_FILENAME} when training finishes) or the path of a .keras file"
-            )
-        return path
-    if not _exists(model):
-        raise FileNotFoundError(
-            f"No model at {model!r}; pass a model_dir written by trainer.train or the path of its "
-            f"{MODEL_FILENAME}"
-        )
-    return model
-
-
-def model_input_format(model: Any) -> str:
-    """`"frame"` or `"video"`, from the named inputs of a NeXtVLAD serving model.
-
-    Args:
-        model: a loaded `keras.Model`.
-
-    Returns:
-        The input format the model takes.
-
-    Raises:
-        ValueError: the model is not a NeXtVLAD serving model (wrong inputs or no `predictions` output).
-    """
-    names = frozenset(getattr(t, "name", None) for t in getattr(model, "inputs", None) or [])
-    try:
-        outputs = model.output
-    except (AttributeError, ValueError):
-        outputs = None
-    problems = []
-    if not isinstance(outputs, dict) or "predictions" not in outputs:
-        got = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
-        problems.append(f"its outputs are {got}, with no 'predictions' output")
-    if names not in (FRAME_INPUTS, VIDEO_INPUTS):
-        problems.append(
-            f"its inputs are {sorted(n for n in names if n)}, expected {sorted(FRAME_INPUTS)} (frame level) "
-            f"or {sorted(VIDEO_INPUTS)} (video level)"
-        )
-    if problems:
-        raise ValueError(
-            f"Model {getattr(model, 'name', '?')!r} is not a NeXtVLAD serving model: {'; '.join(problems)}. "
-            f"Evaluate the {MODEL_FILENAME} that trainer.train writes (nextvlad.serving_model)."
-        )
-    return "frame" if names == FRAME_INPUTS else "video"
-
-
-def load_serving_model(model: str) -> tuple[Any, str]:
-    """Loads a NeXtVLAD serving model and tells which input format it takes.
+def load_serving_model(model: str) -> tuple[Any, ModelInfo]:
+    """Loads a NeXtVLAD serving model and reads what evaluation needs from it (`nextvlad.serving`).
 
     Args:
         model: a model_dir (holding `model.keras`) or a `.keras` file, local or gs://.
 
     Returns:
-        `(keras_model, input_format)`.
+        `(keras_model, info)`: input format, classes and the model's own frame limit.
 
     Raises:
         FileNotFoundError: no model there.
-        ValueError: the file is not a Keras model, or not a NeXtVLAD serving model.
+        ValueError: the file is not a Keras model, not a NeXtVLAD serving model, or saved before models
+            owned their preprocessing (the message gives the re-export command).
     """
-    path = resolve_model_path(model)
-
-    import keras
-
-    import nextvlad  # noqa: F401  (registers the custom layers the file refers to)
-    import nextvlad.metrics  # noqa: F401  (and the metrics, in case the model was saved compiled)
-
     try:
-        loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as e:
-        raise ValueError(
-            f"Could not load {path!r} as a Keras model ({type(e).__name__}: {e}). Pass the "
-            f"{MODEL_FILENAME} written by trainer.train (a Keras 3 .keras file)."
-        ) from e
-    return loaded, model_input_format(loaded)
-
-
-def _max_frames_from_config(model: str, path: str) -> int | None:
-    """`max_frames` from the `config.json` beside the model, if there is one."""
-    gfile = _gfile()
-    folder = model if _isdir(model) else path.rsplit("/", 1)[0] if "/" in path else "."
-    config_path = f"{folder.rstrip('/')}/{CONFIG_FILENAME}"
-    if not gfile.exists(config_path):
-        return None
-    try:
-        with gfile.GFile(config_path, "r") as f:
-            values = json.load(f)
-    except (OSError, ValueError) as e:
-        logger.warning("ignoring unreadable %s: %s", config_path, e)
-        return None
-    for candidate in (values, values.get("model") if isinstance(values, dict) else None):
-        if isinstance(candidate, dict) and isinstance(candidate.get("max_frames"), int):
-            return candidate["max_frames"]
-    return None
+        path = resolve_model_file(model)
+    except InvalidModelError as e:
+        raise FileNotFoundError(str(e)) from None
+    loaded = load_model(path)
+    return loaded, describe_model(loaded, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,42 +167,20 @@ def _stable_shapes(inputs: dict[str, np.ndarray], batch_size: int, max_frames: i
     return out
 
 
-def check_records(data_pattern: str, *, input_format: str, num_classes: int, max_frames: int) -> None:
-    """Fails fast, with a useful message, when the first record is not what the model needs.
-
-    Args:
-        data_pattern: TFRecord glob, local or gs://.
-        input_format: `"frame"` or `"video"`, what the model takes.
-        num_classes: the model's number of classes (label ids must be below it).
-        max_frames: frames kept per video.
+def check_records(data_pattern: str, info: ModelInfo) -> None:
+    """Fails fast, with a useful message, when the first record is not what the model takes.
 
     Raises:
         FileNotFoundError: the pattern matches no file.
-        ValueError: the files are empty, or hold records of the other kind or with bad labels.
+        ValueError: the files are empty, or hold records of the other kind.
     """
     from nextvlad import yt8m
 
     records = yt8m.peek_records(data_pattern, 1)
     if not records:
         raise ValueError(f"The files matching {data_pattern!r} hold no records; nothing to evaluate")
-    try:
-        if input_format == "frame":
-            yt8m.parse_frame_example(records[0], max_frames=max_frames, num_classes=num_classes)
-        else:
-            yt8m.parse_video_example(records[0], num_classes=num_classes)
-    except yt8m.InvalidRecordError as e:
-        if e.reason == "wrong_record_kind":
-            other = "video" if input_format == "frame" else "frame"
-            inputs = ", ".join(sorted(FRAME_INPUTS if input_format == "frame" else VIDEO_INPUTS))
-            raise ValueError(
-                f"The records in {data_pattern!r} are {other}-level, but the model takes "
-                f"{input_format}-level inputs ({inputs}). Evaluate it on {input_format}-level records, "
-                f"or evaluate a {other}-level model on this data."
-            ) from None
-        raise ValueError(
-            f"The first record of {data_pattern!r} is not a valid {input_format}-level YouTube-8M record for "
-            f"this {num_classes}-class model: {e}"
-        ) from None
+    layout = check_first_record(records[0], info, source=repr(data_pattern))
+    logger.info("records: %s-level, %s", info.input_format, describe_id_layout(layout))
 
 
 def predict_dataset(
@@ -301,7 +190,6 @@ def predict_dataset(
     input_format: str,
     batch_size: int | None = None,
     max_frames: int = 300,
-    pca_eigenvals: str | None = None,
     progress: bool = True,
 ) -> Predictions:
     """Runs `model` over every record of `data_pattern`, batch by batch, keeping scores and labels.
@@ -311,8 +199,7 @@ def predict_dataset(
         data_pattern: TFRecord glob, local or gs://.
         input_format: `"frame"` or `"video"`; must match the model's inputs.
         batch_size: videos per batch (default 64 for frame level, 1024 for video level).
-        max_frames: frames kept per video.
-        pca_eigenvals: `yt8m_pca/eigenvals.npy`, to reverse-whiten rgb as the model was trained.
+        max_frames: frames read per video (the model's own limit; it would drop later frames anyway).
         progress: show a progress bar.
 
     Returns:
@@ -334,7 +221,6 @@ def predict_dataset(
         batch_size=batch_size,
         num_classes=num_classes,
         max_frames=max_frames,
-        pca_eigenvals=pca_eigenvals,
         include_ids=True,
     )
     capacity = total if total is not None else 4 * batch_size
@@ -548,26 +434,17 @@ def compute_evaluation(predictions: np.ndarray, labels: np.ndarray, *, top_k: in
 
 
 def read_label_names(path: str) -> dict[int, str]:
-    """Class names from a `label_id,label_name` CSV (or the YouTube-8M `vocabulary.csv`: `Index,...,Name`).
-
-    Args:
-        path: the CSV, local or gs://.
-
-    Returns:
-        `{class_id: name}`; blank names stay blank.
+    """Class names from a `label_id,label_name` CSV or the dataset's `vocabulary.csv` (local or gs://).
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: the header has neither layout, or an id is not an integer.
     """
-    if not _exists(path):
+    if "://" not in path and not os.path.exists(path):
         raise FileNotFoundError(
             f"No label names file at {path!r}; pass a CSV with a label_id,label_name header"
         )
-    from nextvlad.yt8m import parse_label_names
-
-    with _gfile().GFile(path, "r") as f:
-        return parse_label_names(f.read(), source=repr(path))
+    return records.read_label_names(path)
 
 
 def write_per_class_csv(
@@ -740,7 +617,11 @@ def output_paths(model: str, output: str | None) -> dict[str, str]:
         `{"metrics": ..., "per_class": ..., "plot": ...}`.
     """
     if output is None:
-        folder = model.rstrip("/") if _isdir(model) else (model.rsplit("/", 1)[0] if "/" in model else ".")
+        folder = (
+            (model.rsplit("/", 1)[0] if "/" in model else ".")
+            if model.endswith(".keras")
+            else model.rstrip("/")
+        )
         output = f"{folder}/{DEFAULT_OUTPUT}"
     stem = output[: -len(".json")] if output.endswith(".json") else output
     return {"metrics": output, "per_class": f"{stem}_per_class.csv", "plot": f"{stem}.png"}
@@ -759,10 +640,8 @@ def evaluate(
     label_names: str | None = None,
     batch_size: int | None = None,
     input_format: str | None = None,
-    pca_eigenvals: str | None = None,
     submission: str | None = None,
     top_k: int = 20,
-    max_frames: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluates a trained model on TFRecords and writes the metrics JSON, per-class CSV and plot.
@@ -775,10 +654,8 @@ def evaluate(
         label_names: `label_id,label_name` CSV adding class names to the CSV and plot.
         batch_size: videos per batch (default 64 frame level, 1024 video level).
         input_format: `"frame"` or `"video"`; default (and only valid value): what the model takes.
-        pca_eigenvals: `yt8m_pca/eigenvals.npy` when the model was trained with reverse whitening.
         submission: also write the Kaggle 2018 submission CSV here.
         top_k: predictions per video for GAP, the per-class counts and the submission.
-        max_frames: frames kept per video; default from the model_dir's `config.json`, else 300.
         progress: show a progress bar while predicting.
 
     Returns:
@@ -798,27 +675,24 @@ def evaluate(
         raise ValueError(f"input_format must be 'frame' or 'video', got {input_format!r}")
     start = time.perf_counter()
     names = read_label_names(label_names) if label_names else None
-    model, model_format = load_serving_model(model_path)
+    model, info = load_serving_model(model_path)
+    model_format = info.input_format
     if input_format is not None and input_format != model_format:
-        inputs = ", ".join(sorted(FRAME_INPUTS if model_format == "frame" else VIDEO_INPUTS))
+        inputs = ", ".join(sorted([*FRAME_INPUTS, "num_frames"] if model_format == "frame" else VIDEO_INPUTS))
         raise ValueError(
             f"input_format={input_format!r}, but the model at {model_path!r} takes {model_format}-level "
             f"inputs ({inputs}); omit input_format (it is read from the model) or evaluate a "
             f"{input_format}-level model"
         )
-    path = resolve_model_path(model_path)
-    if max_frames is None:
-        max_frames = _max_frames_from_config(model_path, path) or 300
-    num_classes = int(model.output["predictions"].shape[-1])
-    check_records(data_pattern, input_format=model_format, num_classes=num_classes, max_frames=max_frames)
+    path = info.path
+    check_records(data_pattern, info)
 
     predictions = predict_dataset(
         model,
         data_pattern,
         input_format=model_format,
         batch_size=batch_size,
-        max_frames=max_frames,
-        pca_eigenvals=pca_eigenvals,
+        max_frames=info.max_frames or 300,
         progress=progress,
     )
     logger.info("predicted %d videos; computing metrics", len(predictions))
@@ -883,10 +757,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--input_format", choices=("frame", "video"), help="default: what the model's inputs are"
     )
-    parser.add_argument("--pca_eigenvals", help="yt8m_pca/eigenvals.npy, if the model was trained with it")
     parser.add_argument("--submission", help="also write the Kaggle 2018 submission CSV here")
     parser.add_argument("--top_k", type=int, default=20, help="predictions per video for GAP (default 20)")
-    parser.add_argument("--max_frames", type=int, help="frames per video (default: config.json, else 300)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -903,10 +775,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             label_names=args.label_names,
             batch_size=args.batch_size,
             input_format=args.input_format,
-            pca_eigenvals=args.pca_eigenvals,
             submission=args.submission,
             top_k=args.top_k,
-            max_frames=args.max_frames,
             progress=not args.quiet,
         )
     except (FileNotFoundError, ValueError) as e:

@@ -29,10 +29,8 @@ if __name__ == "__main__":  # before TensorFlow is imported (via keras)
 
 import argparse
 import contextlib
-import csv
 import dataclasses
 import inspect
-import io
 import json
 import logging
 import math
@@ -54,7 +52,15 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 LABEL_NAMES_FILE = "label_names.csv"
 PAPER_DECAY_EXAMPLES = 2_500_000  # the paper decays the learning rate every 2.5M examples
+PAPER_LEARNING_RATE = 2e-4  # the paper's Adam learning rate: the default of --schedule paper
 MIN_DECAYS_PER_RUN = 5  # shorter runs decay more often, so that they still anneal (see TrainConfig)
+SCHEDULES = ("cosine", "paper")
+# Training defaults of each preset that differ from TrainConfig's, chosen on the development split (the
+# README's "Training defaults" table lists them and a test holds the two together; BENCHMARKS.md has the
+# runs). An explicit flag always wins.
+PRESET_TRAINING: dict[str, dict[str, Any]] = {
+    "video": dict(epochs=6),
+}
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 
 
@@ -69,9 +75,17 @@ class TrainConfig:
     epochs: int = 5  # passes of `steps_per_epoch` steps
     max_steps: int | None = None  # stop after this many global steps (overrides `epochs`)
     steps_per_epoch: int | None = None  # default: one pass over the training records
-    learning_rate: float = 2e-4  # Adam's initial learning rate
-    lr_decay_rate: float = 0.8  # staircase decay factor ...
+    # `cosine`: linear warm-up from 0 to `learning_rate` over `warmup_fraction` of the run, then cosine
+    # decay to 0 at the run's last step. `paper`: the paper's staircase, ×`lr_decay_rate` every
+    # `lr_decay_examples` examples from `learning_rate` (which then defaults to 2e-4 on the CLI).
+    schedule: str = "cosine"
+    learning_rate: float = 1e-3  # Adam's peak (cosine) or initial (paper) learning rate
+    warmup_fraction: float = 0.05  # cosine: share of the run's steps spent warming up
+    lr_decay_rate: float = 0.8  # paper: staircase decay factor ...
     lr_decay_examples: int | None = None  # ... every this many examples; default min(2.5M, run / 5)
+    # Training records read to set the classifier's initial bias to each class's log-odds (0: the same
+    # frequency, 3 labels / num_classes, for every class).
+    prior_records: int = 100_000
     clipnorm: float = 1.0  # gradient-norm clipping, per variable
     label_smoothing: float = 0.0  # 0 in the paper
     seed: int = 0  # weights, dropout and shuffling
@@ -116,6 +130,16 @@ class TrainConfig:
             fail(f"check_records={self.check_records!r}; expected an integer >= 0")
         if not self.learning_rate > 0:
             fail(f"learning_rate={self.learning_rate!r}; expected > 0")
+        if self.schedule not in SCHEDULES:
+            fail(f"schedule={self.schedule!r}; expected one of {SCHEDULES}")
+        if not 0 <= self.warmup_fraction < 1:
+            fail(f"warmup_fraction={self.warmup_fraction!r}; expected 0 <= value < 1")
+        if (
+            isinstance(self.prior_records, bool)
+            or not isinstance(self.prior_records, int)
+            or self.prior_records < 0
+        ):
+            fail(f"prior_records={self.prior_records!r}; expected an integer >= 0")
         if not 0 < self.lr_decay_rate <= 1:
             fail(f"lr_decay_rate={self.lr_decay_rate!r}; expected 0 < rate <= 1")
         if not self.clipnorm > 0:
@@ -153,6 +177,34 @@ def lr_decay_steps(train_config: TrainConfig, total_steps: int) -> int:
     if examples is None:
         examples = min(PAPER_DECAY_EXAMPLES, total_steps * train_config.batch_size / MIN_DECAYS_PER_RUN)
     return max(1, round(examples / train_config.batch_size))
+
+
+def learning_rate_schedule(train_config: TrainConfig, total_steps: int) -> Any:
+    """The Keras learning-rate schedule of `train_config.schedule` for a run of `total_steps` steps.
+
+    `cosine` scales with the run: a linear warm-up from 0 to `learning_rate` over `warmup_fraction` of
+    the steps, then a cosine decay to 0 at `total_steps`, whatever the run's length. `paper` is the
+    paper's staircase (`learning_rate` × `lr_decay_rate` every `lr_decay_steps` steps), made for 460k
+    steps on 5M videos.
+    """
+    import keras
+
+    if train_config.schedule == "paper":
+        return keras.optimizers.schedules.ExponentialDecay(
+            train_config.learning_rate,
+            decay_steps=lr_decay_steps(train_config, total_steps),
+            decay_rate=train_config.lr_decay_rate,
+            staircase=True,
+        )
+    warmup = round(train_config.warmup_fraction * total_steps)
+    if warmup == 0:
+        return keras.optimizers.schedules.CosineDecay(train_config.learning_rate, decay_steps=total_steps)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=max(1, total_steps - warmup),
+        warmup_target=train_config.learning_rate,
+        warmup_steps=warmup,
+    )
 
 
 def _has_gpu() -> bool:
@@ -213,21 +265,18 @@ def _path(model_dir: str, *names: str) -> str:
 
 
 def _read_label_names(path: str, num_classes: int) -> str:
-    """Validates a `label_id,label_name` CSV and returns its text."""
-    import tensorflow as tf
+    """Validates a label names CSV (`label_id,label_name` or `vocabulary.csv`) and returns its text."""
+    from nextvlad.records import parse_label_names, read_text
 
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"--label_names: {path} does not exist")
-    with tf.io.gfile.GFile(path, "r") as f:
-        text = f.read()
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows or [c.strip() for c in rows[0][:2]] != ["label_id", "label_name"]:
-        raise ValueError(f"--label_names: {path} must be a CSV with the header 'label_id,label_name'")
     try:
-        ids = [int(row[0]) for row in rows[1:] if row]
+        text = read_text(path)
+    except OSError:
+        raise FileNotFoundError(f"--label_names: {path} does not exist or cannot be read") from None
+    try:
+        names = parse_label_names(text, source=f"--label_names {path}")
     except ValueError as e:
-        raise ValueError(f"--label_names: {path} has a non-integer label_id ({e})") from None
-    bad = [i for i in ids if not 0 <= i < num_classes]
+        raise ValueError(str(e)) from None
+    bad = sorted(i for i in names if not 0 <= i < num_classes)
     if bad:
         raise ValueError(
             f"--label_names: {path} names label ids {bad[:5]} outside [0, {num_classes}); "
@@ -265,6 +314,7 @@ def _bucket_frames(dataset: Any, multiple: int, max_frames: int) -> Any:
 def _float32_serving_model(network: Any, config: ModelConfig) -> Any:
     """The serving model in float32 (a mixed-precision network is rebuilt and its weights copied)."""
     import keras
+    import numpy as np
 
     from nextvlad.model import build_model, serving_model
 
@@ -273,25 +323,39 @@ def _float32_serving_model(network: Any, config: ModelConfig) -> Any:
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        fresh = build_model(config, name=network.name)
+        # The reverse-whitening scale is a weight: copied below with the others.
+        placeholder = np.ones(config.rgb_size, np.float32) if config.reverse_whitening else None
+        fresh = build_model(config, rgb_scale=placeholder, name=network.name)
     finally:
         keras.mixed_precision.set_global_policy(previous)
     fresh.set_weights(network.get_weights())
     return serving_model(fresh)
 
 
-def build_training_model(model_config: ModelConfig, train_config: TrainConfig, *, decay_steps: int) -> Any:
-    """The network wrapped with its loss (`trainer.losses.TrainingModel`), compiled with the paper's Adam.
+def build_training_model(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    *,
+    total_steps: int,
+    label_prior: Any = None,
+    rgb_scale: Any = None,
+) -> Any:
+    """The network wrapped with its loss (`trainer.losses.TrainingModel`), compiled with Adam.
 
-    Adam at `train_config.learning_rate`, decayed ×`lr_decay_rate` every `decay_steps` steps (staircase),
-    gradients clipped to norm `clipnorm` per variable; the optimizer's variables are created, so a
-    checkpoint can be loaded into it right away. Under a `mixed_float16` global policy Keras wraps the
-    optimizer in a `LossScaleOptimizer`. Call inside a `tf.distribute` scope to distribute it.
+    Adam on `learning_rate_schedule(train_config, total_steps)`, gradients clipped to norm `clipnorm` per
+    variable; the optimizer's variables are created, so a checkpoint can be loaded into it right away.
+    Under a `mixed_float16` global policy Keras wraps the optimizer in a `LossScaleOptimizer`. Call inside
+    a `tf.distribute` scope to distribute it.
 
     Args:
         model_config: the network.
-        train_config: optimiser settings (`learning_rate`, `lr_decay_rate`, `clipnorm`, `label_smoothing`).
-        decay_steps: steps between learning-rate decays (see `lr_decay_steps`).
+        train_config: optimiser settings (`schedule`, `learning_rate`, `warmup_fraction`, `lr_decay_rate`,
+            `clipnorm`, `label_smoothing`).
+        total_steps: the run's length in steps, over which the schedule runs.
+        label_prior: class frequencies (`[C]`, or one for all) for every classifier's initial bias (see
+            `trainer.prior`); None keeps a zero bias (0.5 for every class).
+        rgb_scale: the reverse-whitening scale, stored in the model; required when
+            `model_config.reverse_whitening`.
 
     Returns:
         The compiled `TrainingModel`; its `network` attribute is the model from `build_model`.
@@ -300,17 +364,15 @@ def build_training_model(model_config: ModelConfig, train_config: TrainConfig, *
 
     from nextvlad.model import build_model
     from trainer.losses import TrainingModel
+    from trainer.prior import set_classifier_prior
 
-    network = build_model(model_config)
+    network = build_model(model_config, rgb_scale=rgb_scale)
+    if label_prior is not None:
+        set_classifier_prior(network, label_prior)
     model = TrainingModel(
         network, model_config, label_smoothing=train_config.label_smoothing, name="training"
     )
-    schedule = keras.optimizers.schedules.ExponentialDecay(
-        train_config.learning_rate,
-        decay_steps=decay_steps,
-        decay_rate=train_config.lr_decay_rate,
-        staircase=True,
-    )
+    schedule = learning_rate_schedule(train_config, total_steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=train_config.clipnorm))
     model.optimizer.build(model.trainable_variables)
     return model
@@ -350,6 +412,12 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
     from trainer.checkpoints import CheckpointManager
 
     cfg, tc = model_config, train_config
+    if tc.pca_eigenvals and not cfg.reverse_whitening:
+        cfg = cfg.replace(reverse_whitening=True)  # the model reverse-whitens; its scale is a model weight
+    if cfg.reverse_whitening and not tc.pca_eigenvals:
+        raise ValueError(
+            "reverse_whitening is set but --pca_eigenvals is not: pass the dataset's yt8m_pca/eigenvals.npy"
+        )
     start = time.perf_counter()
     backend = keras.backend.backend()
     if tc.export_saved_model and backend != "tensorflow":
@@ -370,10 +438,11 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
         if tc.eval_data
         else []
     )
+    rgb_scale = None
     if tc.pca_eigenvals:
         if not tf.io.gfile.exists(tc.pca_eigenvals):
             raise FileNotFoundError(f"--pca_eigenvals: {tc.pca_eigenvals} does not exist")
-        yt8m.reverse_whitening_scale(tc.pca_eigenvals)
+        rgb_scale = yt8m.reverse_whitening_scale(tc.pca_eigenvals)
     label_names = _read_label_names(tc.label_names, cfg.num_classes) if tc.label_names else None
     model_dir = tc.model_dir
     checkpoints = CheckpointManager(_path(model_dir, "checkpoints"), keep=tc.keep_checkpoints, writer=chief)
@@ -385,7 +454,17 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
     steps_per_epoch = tc.steps_per_epoch or max(1, math.ceil(num_train / tc.batch_size))
     total_steps = tc.max_steps or tc.epochs * steps_per_epoch
     num_epochs = math.ceil(total_steps / steps_per_epoch)
-    decay_steps = lr_decay_steps(tc, total_steps)
+    decay_steps = lr_decay_steps(tc, total_steps) if tc.schedule == "paper" else None
+    if tc.prior_records:
+        from trainer.prior import label_prior
+
+        prior, prior_records = label_prior(
+            train_files, num_classes=cfg.num_classes, max_records=tc.prior_records
+        )
+    else:
+        from trainer.prior import mean_frequency_prior
+
+        prior, prior_records = mean_frequency_prior(cfg.num_classes), 0
     output_dir = model_dir if chief else tempfile.mkdtemp(prefix="nextvlad-worker-")
     if chief:
         tf.io.gfile.makedirs(model_dir)
@@ -399,6 +478,10 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
                         "steps_per_epoch": steps_per_epoch,
                         "total_steps": total_steps,
                         "lr_decay_steps": decay_steps,
+                        "warmup_steps": round(tc.warmup_fraction * total_steps)
+                        if decay_steps is None
+                        else None,
+                        "prior_records": prior_records,
                         "train_records": num_train,
                     },
                 },
@@ -409,10 +492,12 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
         if label_names is not None:
             write_text(_path(model_dir, LABEL_NAMES_FILE), label_names)
     logger.info(
-        "%d training videos in %d files; %d steps of %d (%d per epoch, %d epochs); "
-        "lr %.3g x %.2f every %d steps",
+        "%d training videos in %d files; %d steps of %d (%d per epoch, %d epochs); %s; "
+        "classifier bias from the label frequencies of %d records",
         num_train, len(train_files), total_steps, tc.batch_size, steps_per_epoch, num_epochs,
-        tc.learning_rate, tc.lr_decay_rate, decay_steps,
+        f"lr {tc.learning_rate:.3g} x {tc.lr_decay_rate:.2f} every {decay_steps} steps" if decay_steps
+        else f"lr warm-up to {tc.learning_rate:.3g} over {tc.warmup_fraction:.0%} of the run, then cosine",
+        prior_records,
     )  # fmt: skip
 
     previous_policy = keras.mixed_precision.global_policy()
@@ -422,7 +507,9 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
     try:
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
         with scope:
-            model = build_training_model(cfg, tc, decay_steps=decay_steps)
+            model = build_training_model(
+                cfg, tc, total_steps=total_steps, label_prior=prior, rgb_scale=rgb_scale
+            )
             network = model.network
             restored = checkpoints.restore(model)
         initial_step = 0
@@ -449,7 +536,6 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
             shuffle_buffer=tc.shuffle_buffer,
             repeat=True,
             seed=tc.seed + initial_step,  # a resumed run must not replay the examples it already saw
-            pca_eigenvals=tc.pca_eigenvals,
             drop_remainder=True,
         )
         if cfg.input_format == "frame" and frame_bucket and frame_bucket > 1:
@@ -462,7 +548,6 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
                 batch_size=tc.eval_batch_size or tc.batch_size,
                 num_classes=cfg.num_classes,
                 max_frames=cfg.max_frames,
-                pca_eigenvals=tc.pca_eigenvals,
             )
             if cfg.input_format == "frame" and frame_bucket and frame_bucket > 1:
                 eval_dataset = _bucket_frames(eval_dataset, frame_bucket, cfg.max_frames)
@@ -625,11 +710,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m trainer.train",
         description=__doc__.split("\n\n")[0],
         epilog=(
-            "Learning-rate schedule: Adam at --learning_rate, multiplied by --lr_decay_rate (staircase) "
-            f"every --lr_decay_examples examples; by default every {PAPER_DECAY_EXAMPLES:,} examples as in "
-            "the paper, "
-            f"or every (total training examples / {MIN_DECAYS_PER_RUN}) when the run is shorter than "
-            f"{MIN_DECAYS_PER_RUN} x {PAPER_DECAY_EXAMPLES:,} examples, so that short runs anneal too."
+            "Learning-rate schedules: --schedule cosine (default) warms Adam up linearly from 0 to "
+            "--learning_rate over the first --warmup_fraction of the run's steps, then decays it along a "
+            "cosine to 0 at the run's last step, so any run length anneals fully. --schedule paper is the "
+            f"paper's recipe: Adam at --learning_rate (default {PAPER_LEARNING_RATE:g} with this schedule), "
+            "multiplied by --lr_decay_rate (staircase) every --lr_decay_examples examples; by default every "
+            f"{PAPER_DECAY_EXAMPLES:,} examples as in the paper, or every (total training examples / "
+            f"{MIN_DECAYS_PER_RUN}) when the run is shorter than {MIN_DECAYS_PER_RUN} x "
+            f"{PAPER_DECAY_EXAMPLES:,} examples. "
+            "Defaults that depend on the preset (--epochs, --learning_rate, and the preset's model fields): "
+            "see the README's table of training defaults. The classifier's bias starts at each class's "
+            "log-odds, counted over up to --prior_records training records."
         ),
         formatter_class=_HelpFormatter,
     )
@@ -652,12 +743,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="paper",
         help=f"model preset ({', '.join(ModelConfig.preset_names())}); flags below override its fields",
     )
+    run.add_argument(
+        "--schedule", choices=SCHEDULES, default=defaults.schedule, help="learning-rate schedule (see below)"
+    )
     for name in (
         "batch_size",
         "epochs",
         "max_steps",
         "steps_per_epoch",
         "learning_rate",
+        "warmup_fraction",
         "lr_decay_rate",
         "lr_decay_examples",
         "clipnorm",
@@ -668,10 +763,13 @@ def build_parser() -> argparse.ArgumentParser:
         "eval_batch_size",
         "shuffle_buffer",
         "check_records",
+        "prior_records",
         "frame_bucket",
     ):
-        default = getattr(defaults, name)
-        kind = float if name in ("learning_rate", "lr_decay_rate", "clipnorm", "label_smoothing") else int
+        # Preset-dependent fields default to None here and are resolved in `resolve_configs`.
+        default = None if name in _PRESET_DEPENDENT else getattr(defaults, name)
+        floats = ("learning_rate", "warmup_fraction", "lr_decay_rate", "clipnorm", "label_smoothing")
+        kind = float if name in floats else int
         run.add_argument(
             f"--{name}", type=kind, default=default, help=_TRAIN_HELP.get(name, name.replace("_", " "))
         )
@@ -702,14 +800,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PRESET_DEPENDENT = ("epochs", "learning_rate")
 _TRAIN_HELP = {
     "batch_size": "global batch size (the paper: 160)",
-    "epochs": "epochs of --steps_per_epoch steps",
+    "epochs": f"epochs of --steps_per_epoch steps (default: the preset's, else {TrainConfig.epochs})",
     "max_steps": "stop after this many global steps (overrides --epochs)",
     "steps_per_epoch": "steps per epoch (default: one pass over --train_data)",
-    "learning_rate": "Adam's initial learning rate",
-    "lr_decay_rate": "staircase learning-rate decay factor",
-    "lr_decay_examples": "examples between decays (default: see below)",
+    "learning_rate": f"Adam's peak (cosine) or initial (paper) learning rate (default: the preset's, else "
+    f"{TrainConfig.learning_rate:g}; {PAPER_LEARNING_RATE:g} with --schedule paper)",
+    "warmup_fraction": "cosine schedule: share of the steps spent warming up",
+    "lr_decay_rate": "paper schedule: staircase learning-rate decay factor",
+    "lr_decay_examples": "paper schedule: examples between decays (default: see below)",
     "clipnorm": "per-variable gradient-norm clipping",
     "label_smoothing": "smooth the 0/1 targets towards 0.5 by this much",
     "seed": "random seed (weights, dropout, shuffling)",
@@ -718,6 +819,7 @@ _TRAIN_HELP = {
     "eval_batch_size": "evaluation batch size (default: --batch_size)",
     "shuffle_buffer": "records in the shuffle buffer",
     "check_records": "records of each data pattern validated before training",
+    "prior_records": "training records counted for the classifier's initial bias (0: 3 labels / classes)",
     "frame_bucket": "pad frame axes to a multiple of this (default: 32 on JAX or GPU, else no padding)",
 }
 
@@ -747,6 +849,14 @@ def resolve_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]
     model_config = preset.replace(**overrides)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {name: getattr(args, name) for name in train_fields if hasattr(args, name)}
+    preset_training = dict(PRESET_TRAINING.get(args.preset, {}))
+    if values.get("schedule") == "paper":  # the paper's recipe, unless the learning rate is given
+        preset_training["learning_rate"] = PAPER_LEARNING_RATE
+    for name in _PRESET_DEPENDENT:
+        if values.get(name) is None:
+            values.pop(name, None)
+            if name in preset_training:
+                values[name] = preset_training[name]
     values["verbose"] = not args.quiet
     train_config = TrainConfig(**values)
     return model_config, train_config

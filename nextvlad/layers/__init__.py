@@ -6,13 +6,16 @@ from nextvlad.layers.logistic_classifier import LogisticClassifier
 from nextvlad.layers.moe_classifier import MoEClassifier
 from nextvlad.layers.netvlad import NetVLAD
 from nextvlad.layers.nextvlad import NeXtVLAD
+from nextvlad.layers.preprocessing import FramePreprocessing, VideoPreprocessing
 
 __all__ = [
     "ContextGating",
     "FrameMask",
+    "FramePreprocessing",
     "LogisticClassifier",
     "MaskedMeanPooling",
     "MoEClassifier",
     "NeXtVLAD",
     "NetVLAD",
+    "VideoPreprocessing",
 ]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
+
+from nextvlad.layers.logistic_classifier import prior_log_odds
 
 # Probabilities are clipped this far from 0 and 1 before they are turned back into logits.
 _PROBABILITY_EPSILON = 1e-7
@@ -63,6 +66,21 @@ class MoEClassifier(keras.layers.Layer):
         probabilities = ops.cast(probabilities, "float32")
         probabilities = ops.clip(probabilities, _PROBABILITY_EPSILON, 1 - _PROBABILITY_EPSILON)
         return ops.log(probabilities) - ops.log1p(-probabilities)
+
+    def set_prior(self, prior) -> None:
+        """Sets the experts' bias so that an untrained layer predicts each class's frequency `p`.
+
+        Untrained, the gate (no bias, small random kernel) gives about `1/(M+1)` to each expert and to the
+        dummy expert, so `p_c ≈ M/(M+1) · sigmoid(b_c)`: every expert of class c gets the bias
+        `logit(p_c · (M+1)/M)`.
+
+        Args:
+            prior: a frequency for every class (`[C]`) or one for all; values are clipped into (0, 1).
+        """
+        m = self.num_mixtures
+        expert_prior = np.asarray(prior, "float64") * (m + 1) / m
+        bias = prior_log_odds(expert_prior, self.num_classes)  # [C]
+        self.experts.bias.assign(np.repeat(bias, m))  # expert (c, m) is output c*M + m
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)

@@ -16,15 +16,22 @@ HIDDEN_SIZE = 16
 TINY = dict(num_classes=NUM_CLASSES, cluster_size=4, groups=2, hidden_size=HIDDEN_SIZE, gating_reduction=4)
 
 
-def save_tiny_model(path: Path, *, input_format: str = "frame", seed: int = 0) -> Path:
-    """Saves a tiny serving model (random but fixed weights) to `path` (a `.keras` file) and returns it."""
+def save_tiny_model(
+    path: Path, *, input_format: str = "frame", seed: int = 0, rgb_scale=None, **overrides
+) -> Path:
+    """Saves a tiny serving model (random but fixed weights) to `path` (a `.keras` file) and returns it.
+
+    `overrides` are ModelConfig fields (e.g. `max_frames`); `rgb_scale` makes it reverse-whiten rgb."""
     import keras
 
     from nextvlad import ModelConfig, build_model, serving_model
 
-    overrides = dict(input_format="video", pooling="mean") if input_format == "video" else {}
+    if input_format == "video":
+        overrides = dict(input_format="video", pooling="mean", **overrides)
+    if rgb_scale is not None:
+        overrides["reverse_whitening"] = True
     keras.utils.set_random_seed(seed)
-    model = serving_model(build_model(ModelConfig(**TINY, **overrides)))
+    model = serving_model(build_model(ModelConfig(**{**TINY, **overrides}), rgb_scale=rgb_scale))
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return path
@@ -134,14 +141,13 @@ def write_tfrecords(path: Path, records) -> Path:
 
 
 def decode_frame_record(data: bytes, *, max_frames: int = 300) -> dict:
-    """Reference decoding of a frame-level record: protos plus the dataset's dequantization formula."""
+    """Reference decoding of a frame-level record with the protos: the uint8 frames a model takes."""
     seq = tf.train.SequenceExample.FromString(data)
     lists = seq.feature_lists.feature_list
 
     def frames(name: str, size: int) -> np.ndarray:
         values = [f.bytes_list.value[0] for f in lists[name].feature][:max_frames]
-        q = np.frombuffer(b"".join(values), dtype=np.uint8).reshape(-1, size)
-        return (q.astype(np.float64) * (4.0 / 255.0) + (4.0 / 512.0 - 2.0)).astype(np.float32)
+        return np.frombuffer(b"".join(values), dtype=np.uint8).reshape(-1, size)
 
     rgb, audio = frames("rgb", 1024), frames("audio", 128)
     return {

@@ -120,3 +120,17 @@ def test_l2_penalty_follows_l2_loss_convention():
     layer(np.ones((1, 3), "float32"))
     kernel = np.array(layer.dense.kernel)
     np.testing.assert_allclose(float(sum(layer.losses)), 0.1 * (kernel**2).sum() / 2, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layer", [LogisticClassifier(4), MoEClassifier(4, num_mixtures=3)], ids=["logistic", "moe"]
+)
+def test_classifier_set_prior_predicts_the_prior_before_training(layer):
+    prior = np.array([0.3, 0.01, 1e-5, 0.2])
+    layer.build((None, 8))
+    layer.set_prior(prior)
+    # A zero embedding leaves only the bias (and, for MoE, a uniform gate over M experts and the dummy).
+    logits = keras.ops.convert_to_numpy(layer(np.zeros((2, 8), "float32")))
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), np.broadcast_to(prior, (2, 4)), rtol=1e-4)
+    restored = type(layer).from_config(layer.get_config())  # set_prior changes weights, not the config
+    assert restored.get_config() == layer.get_config()

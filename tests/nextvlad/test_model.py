@@ -17,11 +17,15 @@ TINY = dict(num_classes=7, cluster_size=4, groups=2, hidden_size=16, gating_redu
 
 def _frames(batch: int, frames: int, num_frames, *, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    return {
-        "rgb": rng.normal(size=(batch, frames, 1024)).astype("float32"),
-        "audio": rng.normal(size=(batch, frames, 128)).astype("float32"),
+    # What the records hold: uint8-quantized frames, zero after each video's end.
+    out = {
+        "rgb": rng.integers(0, 256, size=(batch, frames, 1024), dtype=np.uint8),
+        "audio": rng.integers(0, 256, size=(batch, frames, 128), dtype=np.uint8),
         "num_frames": np.asarray(num_frames, "int32"),
     }
+    for key in ("rgb", "audio"):
+        out[key][np.arange(frames)[None, :] >= out["num_frames"][:, None]] = 0
+    return out
 
 
 @pytest.mark.parametrize(
@@ -74,7 +78,8 @@ def test_video_level_model_takes_mean_features():
     out = model.predict(
         {"mean_rgb": rng.normal(size=(2, 1024)), "mean_audio": rng.normal(size=(2, 128))}, verbose=0
     )
-    assert out["predictions"].shape == (2, 5) and out["embedding"].shape == (2, 32)
+    config = ModelConfig.preset("video", num_classes=5, hidden_size=32)
+    assert out["predictions"].shape == (2, 5) and out["embedding"].shape == (2, config.embedding_size)
 
 
 @pytest.mark.parametrize("pooling", ["nextvlad", "netvlad", "mean"])
@@ -83,12 +88,12 @@ def test_padding_to_own_longest_video_equals_padding_to_max_frames(pooling):
     short = _frames(3, 9, [9, 4, 1], seed=3)
     long = {key: value for key, value in short.items()}
     for key in ("rgb", "audio"):
-        padded = np.zeros((3, 300, short[key].shape[-1]), "float32")
+        padded = np.zeros((3, 300, short[key].shape[-1]), "uint8")
         padded[:, :9] = short[key]
         # Garbage, not zeros, after each video's end: only num_frames may decide what counts.
-        padded[:, 9:] = 5.0
+        padded[:, 9:] = 201
         for video, n in enumerate(short["num_frames"]):
-            padded[video, n:9] = 5.0
+            padded[video, n:9] = 201
         long[key] = padded
     a, b = model.predict(short, verbose=0), model.predict(long, verbose=0)
     for key in ("predictions", "embedding"):
@@ -167,3 +172,25 @@ def test_layer_suite_passes_under_torch_backend():
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     summary = json.dumps(result.stdout.strip().splitlines()[-1:])
     assert " passed" in summary and "failed" not in summary, summary
+
+
+def test_model_takes_uint8_frames_and_owns_its_preprocessing():
+    """The model's output on stored uint8 frames equals a float reference pipeline fed by hand."""
+    rng = np.random.default_rng(9)
+    scale = rng.uniform(0.5, 2.0, 1024).astype(np.float32)
+    config = ModelConfig(**TINY, pooling="mean", max_frames=4, reverse_whitening=True)
+    model = build_model(config, rgb_scale=scale)
+    assert model.input["rgb"].dtype == "uint8" and model.input["num_frames"].dtype == "int32"
+    inputs = _frames(2, 6, [6, 2], seed=4)  # video 0 is longer than max_frames: only 4 frames count
+    pooled = keras.Model(model.input, model.get_layer("rgb_mean").output).predict(inputs, verbose=0)
+    # By hand: the first min(n, 4) frames, dequantized (q·4/255 + 4/512 − 2), reverse-whitened, averaged.
+    for video, n in enumerate([4, 2]):
+        frames = inputs["rgb"][video, :n].astype(np.float64) * 4 / 255 + 4 / 512 - 2
+        expected = ((frames - 4 / 512) * scale).mean(axis=0)
+        np.testing.assert_allclose(pooled[video], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="rgb_scale"):
+        build_model(config)
+    with pytest.raises(ValueError, match="reverse_whitening"):
+        build_model(ModelConfig(**TINY), rgb_scale=scale)
+    saved = serving_model(model)
+    np.testing.assert_array_equal(saved.get_layer("preprocessing").rgb_scale.numpy(), scale)

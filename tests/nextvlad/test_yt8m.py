@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from nextvlad import yt8m
+from nextvlad.layers import FramePreprocessing
 from nextvlad.yt8m import InvalidRecordError
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -93,7 +94,11 @@ def test_dequantize_matches_hand_computed_values():
     got = yt8m.dequantize(q)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-6)
-    np.testing.assert_allclose(yt8m.dequantize(tf.constant(q)).numpy(), expected, atol=1e-6)
+    # The models dequantize inside (their preprocessing layer): same values from the same uint8 frames.
+    layer = FramePreprocessing(max_frames=4)
+    rgb, audio, _ = layer(np.tile(q, 256)[None, None, :], np.tile(q, 32)[None, None, :], np.array([1]))
+    np.testing.assert_allclose(np.asarray(rgb)[0, 0, :4], expected, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(audio)[0, 0, :4], expected, atol=1e-6)
 
 
 def test_quantize_clips_rounds_and_inverts_dequantize():
@@ -123,11 +128,12 @@ def test_parse_frame_example_gives_dequantized_frames():
     assert parsed["id"] == "vid-1"
     assert parsed["labels"] == [3, 0, 3861]
     assert parsed["num_frames"] == 7
-    assert parsed["rgb"].dtype == np.float32 and parsed["rgb"].shape == (7, 1024)
-    assert parsed["audio"].dtype == np.float32 and parsed["audio"].shape == (7, 128)
-    np.testing.assert_allclose(parsed["rgb"][0, :3], [-1.9921875, 2.0078125, 0.01565563725], atol=1e-6)
-    np.testing.assert_allclose(parsed["rgb"], reference_dequantize(rgb_q), atol=1e-6)
-    np.testing.assert_allclose(parsed["audio"], reference_dequantize(audio_q), atol=1e-6)
+    # Frames come back as stored (uint8); the model dequantizes them.
+    assert parsed["rgb"].dtype == np.uint8 and parsed["rgb"].shape == (7, 1024)
+    assert parsed["audio"].dtype == np.uint8 and parsed["audio"].shape == (7, 128)
+    np.testing.assert_array_equal(parsed["rgb"][0, :3], [0, 255, 128])
+    np.testing.assert_array_equal(parsed["rgb"], rgb_q)
+    np.testing.assert_array_equal(parsed["audio"], audio_q)
 
 
 def test_parse_frame_example_truncates_to_max_frames():
@@ -137,11 +143,12 @@ def test_parse_frame_example_truncates_to_max_frames():
 
     parsed = yt8m.parse_frame_example(record)
     assert parsed["num_frames"] == 300 and parsed["rgb"].shape == (300, 1024)
-    np.testing.assert_allclose(parsed["rgb"], reference_dequantize(rgb_q[:300]), atol=1e-6)
+    np.testing.assert_array_equal(parsed["rgb"], rgb_q[:300])
 
     short = yt8m.parse_frame_example(record, max_frames=5)
     assert short["num_frames"] == 5 and short["audio"].shape == (5, 128)
-    np.testing.assert_allclose(short["audio"], reference_dequantize(audio_q[:5]), atol=1e-6)
+    np.testing.assert_array_equal(short["audio"], audio_q[:5])
+    assert yt8m.parse_frame_example(record, max_frames=None)["num_frames"] == 310
 
 
 def test_frames_beyond_max_frames_are_not_validated():
@@ -152,7 +159,7 @@ def test_frames_beyond_max_frames_are_not_validated():
     data = record.SerializeToString()
 
     parsed = yt8m.parse_frame_example(data, max_frames=5)
-    np.testing.assert_allclose(parsed["rgb"], reference_dequantize(rgb_q[:5]), atol=1e-6)
+    np.testing.assert_array_equal(parsed["rgb"], rgb_q[:5])
     with pytest.raises(InvalidRecordError, match="rgb frame 5") as info:
         yt8m.parse_frame_example(data, max_frames=6)
     assert info.value.reason == "bad_frame_length"
@@ -165,12 +172,37 @@ def test_parse_frame_example_reads_unlabeled_and_segment_records():
         "segment_labels": _ints([7, 9]),
         "segment_scores": _floats([1.0, 0.0]),
     }
-    record = proto_frame_example("seg", [], *random_frames(rng, 3), context=segments, drop=("labels",))
+    record = proto_frame_example("seg", [], *random_frames(rng, 45), context=segments, drop=("labels",))
     parsed = yt8m.parse_frame_example(record.SerializeToString())
     assert parsed["labels"] == []
     assert parsed["segment_start_times"] == [5, 40]
     assert parsed["segment_labels"] == [7, 9]
     assert parsed["segment_scores"] == [1.0, 0.0]
+    # Segment fields are kept even when max_frames keeps fewer frames than a segment's start.
+    assert yt8m.parse_frame_example(record.SerializeToString(), max_frames=10)["segment_start_times"] == [
+        5,
+        40,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("segments", "match"),
+    [
+        ({"segment_start_times": [0, 5], "segment_labels": [1], "segment_scores": [1.0, 0.0]}, "lengths"),
+        ({"segment_start_times": [0, 12], "segment_labels": [1, 2], "segment_scores": [1.0, 0.0]}, "outside"),
+        ({"segment_start_times": [-5], "segment_labels": [1], "segment_scores": [1.0]}, "outside"),
+    ],
+)
+def test_inconsistent_segment_fields_are_rejected(segments, match):
+    rng = np.random.default_rng(21)
+    context = {
+        name: (_floats(values) if name == "segment_scores" else _ints(values))
+        for name, values in segments.items()
+    }
+    record = proto_frame_example("seg", [1], *random_frames(rng, 12), context=context)
+    with pytest.raises(InvalidRecordError, match=match) as info:
+        yt8m.parse_frame_example(record.SerializeToString())
+    assert info.value.reason == "bad_segments" and info.value.video_id == "seg"
 
 
 def test_parse_video_example():
@@ -467,7 +499,7 @@ def test_make_dataset_shuffle_repeat_and_drop_remainder(frame_corpus):
     assert ids != sorted(ids)
 
 
-def test_make_dataset_reverse_whitening(frame_corpus, tmp_path):
+def test_make_dataset_feeds_uint8_and_the_model_reverse_whitens(frame_corpus, tmp_path):
     pattern, _, frames = frame_corpus
     eig = np.linspace(0.0, 3.0, 2048, dtype=np.float32).reshape(2048, 1)
     path = str(tmp_path / "eigenvals.npy")
@@ -475,27 +507,30 @@ def test_make_dataset_reverse_whitening(frame_corpus, tmp_path):
     scale = yt8m.reverse_whitening_scale(path)
     np.testing.assert_allclose(scale, np.sqrt(np.linspace(0.0, 3.0, 2048)[:1024]) + 1e-4, rtol=1e-6)
 
-    ds = yt8m.make_dataset(pattern, batch_size=7, num_classes=20, pca_eigenvals=path, include_ids=True)
+    ds = yt8m.make_dataset(pattern, batch_size=7, num_classes=20, include_ids=True)
     features, _ = next(iter(ds))
+    assert features["rgb"].dtype == tf.uint8 and features["audio"].dtype == tf.uint8
+    layer = FramePreprocessing(reverse_whitening=True)
+    layer.set_rgb_scale(scale)
+    rgb, audio, _ = (np.asarray(x) for x in layer(features["rgb"], features["audio"], features["num_frames"]))
     assert features["rgb"].shape[0] == len(frames)
     for i, vid in enumerate(features["id"].numpy()):
         rgb_q, audio_q = frames[int(vid[1:])]
         n = len(rgb_q)
+        np.testing.assert_array_equal(features["rgb"][i, :n], rgb_q)
+        assert not np.any(features["rgb"][i, n:])  # uint8 zero padding
         expected = (reference_dequantize(rgb_q) - 4 / 512) * (
             np.sqrt(np.linspace(0.0, 3.0, 2048)[:1024]) + 1e-4
         )
-        np.testing.assert_allclose(features["rgb"][i, :n], expected, atol=1e-5)
-        np.testing.assert_allclose(features["audio"][i, :n], reference_dequantize(audio_q), atol=1e-6)
-        assert not np.any(features["rgb"][i, n:])  # padding stays zero after the affine transform
+        np.testing.assert_allclose(rgb[i, :n], expected, atol=1e-5)
+        np.testing.assert_allclose(audio[i, :n], reference_dequantize(audio_q), atol=1e-6)
+        assert not np.any(rgb[i, n:]) and not np.any(audio[i, n:])  # padded frames are exactly 0
 
 
 def test_reverse_whiten_formula_and_shape_errors(tmp_path):
     rgb = np.array([[4 / 512, 1.0]], dtype=np.float32)
     scale = np.array([2.0, 3.0], dtype=np.float32)
     np.testing.assert_allclose(yt8m.reverse_whiten(rgb, scale), [[0.0, (1 - 4 / 512) * 3]], rtol=1e-6)
-    np.testing.assert_allclose(
-        yt8m.reverse_whiten(tf.constant(rgb), scale).numpy(), [[0.0, (1 - 4 / 512) * 3]]
-    )
 
     bad = tmp_path / "bad.npy"
     np.save(bad, np.ones((512, 2), np.float32))

@@ -2,6 +2,7 @@
 
 import apache_beam as beam
 import numpy as np
+import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
@@ -68,3 +69,41 @@ def test_score_pipeline_reads_and_writes_gs_paths(gcs_emulator, scoring_inputs, 
     assert [r["id"] for r in remote_rows] == sorted(scoring_inputs.ids)
     assert remote_rows == read_parquet_rows(str(tmp_path / "local" / "scores-*-of-*.parquet"))
     assert local.videos_scored == remote.videos_scored
+
+
+def test_overwrite_replaces_an_earlier_run_on_gs(gcs_emulator, scoring_inputs, tmp_path):
+    from pipelines import score
+
+    output = gcs_emulator.url("rerun/scores")
+    common = [
+        "--runner=DirectRunner",
+        f"--input={scoring_inputs.pattern}",
+        f"--model={scoring_inputs.model_path}",
+    ]
+    score.run([*common, f"--output={output}", "--num_shards=3"])
+    # A killed run's temporary object, and an object that is not this job's.
+    (tmp_path / "x").write_bytes(b"partial")
+    gcs_emulator.upload(tmp_path / "x", f"rerun/beam-temp-scores-{'0' * 32}/1234.scores.parquet")
+    gcs_emulator.upload(tmp_path / "x", "rerun/notes.txt")
+    before = gcs_emulator.list("rerun/")
+    assert "rerun/scores-00002-of-00003.parquet" in before
+
+    with pytest.raises(
+        score.ScoreSetupError, match=r"already holds the output of an earlier run.*--overwrite"
+    ):
+        score.run([*common, f"--output={output}", "--num_shards=2"])
+    assert gcs_emulator.list("rerun/") == before
+
+    score.run([*common, f"--output={output}", "--num_shards=2", "--overwrite"])
+    names = gcs_emulator.list("rerun/")
+    assert names == [
+        "rerun/notes.txt",
+        "rerun/scores-00000-of-00002.parquet",
+        "rerun/scores-00001-of-00002.parquet",
+        "rerun/scores-errors-00000-of-00001.jsonl",
+    ]
+    (tmp_path / "shards").mkdir()
+    for name in names[1:3]:
+        gcs_emulator.download(name, tmp_path / "shards" / name.split("/")[-1])
+    rows = read_parquet_rows(str(tmp_path / "shards" / "scores-*.parquet"))
+    assert [r["id"] for r in rows] == sorted(scoring_inputs.ids)

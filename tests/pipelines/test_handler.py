@@ -38,6 +38,7 @@ def test_batch_is_padded_only_to_its_longest_video_with_zeros(videos):
     lengths = [v["num_frames"] for v in videos[:3]]
     assert batch["rgb"].shape == (3, max(lengths), 1024) and batch["audio"].shape == (3, max(lengths), 128)
     assert batch["num_frames"].tolist() == lengths and batch["num_frames"].dtype == np.int32
+    assert batch["rgb"].dtype == np.uint8 and batch["audio"].dtype == np.uint8  # as stored
     for i, video in enumerate(videos[:3]):
         np.testing.assert_array_equal(batch["rgb"][i, : lengths[i]], video["rgb"])
         assert not batch["rgb"][i, lengths[i] :].any() and not batch["audio"][i, lengths[i] :].any()
@@ -46,15 +47,16 @@ def test_batch_is_padded_only_to_its_longest_video_with_zeros(videos):
 def test_run_inference_returns_numpy_equal_to_predicting_each_video_alone(model_path, videos):
     handler = NeXtVLADModelHandler(str(model_path), batch_size=4)
     model = handler.load_model()
-    results = list(handler.run_inference(videos, model))
+    [result] = handler.run_inference(videos, model)  # one result per batch
     reference = keras.saving.load_model(model_path)
-    assert [r.example["id"] for r in results] == [v["id"] for v in videos]
-    for result, video in zip(results, videos, strict=True):
-        expected = model_outputs(reference, video)
-        for name, size in (("predictions", NUM_CLASSES), ("embedding", HIDDEN_SIZE)):
-            value = result.inference[name]
-            assert type(value) is np.ndarray and value.shape == (size,), name
-            np.testing.assert_allclose(value, expected[name], atol=1e-5)
+    assert [e["id"] for e in result.examples] == [v["id"] for v in videos]
+    for name, size, value in (
+        ("predictions", NUM_CLASSES, result.predictions),
+        ("embedding", HIDDEN_SIZE, result.embeddings),
+    ):
+        assert type(value) is np.ndarray and value.shape == (len(videos), size), name
+        for i, video in enumerate(videos):
+            np.testing.assert_allclose(value[i], model_outputs(reference, video)[name], atol=1e-5)
 
 
 def test_batching_honours_batch_size_and_sharing_options(model_path):

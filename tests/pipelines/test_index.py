@@ -1,6 +1,6 @@
-"""pipelines.index: the tensorflow-transform PCA-whitening job, the index it writes, and its errors.
+"""pipelines.index: the tensorflow-transform job (each `--transform`), the index it writes, and its errors.
 
-The whitening is checked against an independent numpy PCA (eigendecomposition of the biased
+The transforms are checked against an independent numpy PCA (eigendecomposition of the biased
 covariance), up to the sign of each principal component, which PCA leaves free.
 """
 
@@ -18,7 +18,7 @@ import pytest
 from scored_parquet import clustered_corpus, scored_table, write_scored_parquet
 
 from pipelines import index as index_job
-from pipelines.search import load_index, search, transform_embeddings
+from pipelines.search import TRANSFORMS, load_index, search, transform_embeddings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_ROWS, EMBEDDING_DIM, DIM = 300, 16, 8
@@ -26,7 +26,7 @@ EPSILON = 1e-6
 
 
 def _numpy_pca(embeddings: np.ndarray, dim: int, *, whiten: bool) -> np.ndarray:
-    """Reference PCA(-whitening) before L2: `(x − μ) V / √(λ + ε·max λ)`, biased covariance."""
+    """Reference PCA(-whitening) before L2: `(x − μ) V` (`/ √(λ + ε·max λ)`), biased covariance."""
     x = embeddings.astype(np.float64)
     centred = x - x.mean(axis=0)
     covariance = centred.T @ centred / len(x)
@@ -72,6 +72,7 @@ def whitened_index(corpus):
             f"--embeddings={root}/scores-*.parquet",
             f"--output={output}",
             f"--dim={DIM}",
+            "--transform=whiten",
             "--keep_projected",
             "--num_shards=2",
         ]
@@ -159,6 +160,7 @@ def test_unwhitened_ivf_index_from_plain_list_embeddings(tmp_path):
         ]
     )
     assert metadata["whiten"] is False
+    assert metadata["transform"] == "pca"
     assert metadata["index"] == {"index_type": "ivf", "nlist": 4, "nprobe": 4, "pq_m": 0, "rerank": 0}
 
     index = load_index(str(output))
@@ -170,6 +172,92 @@ def test_unwhitened_ivf_index_from_plain_list_embeddings(tmp_path):
     _, positions = search(index, index.vectors[:10], 5)
     expected = np.argsort(-(index.vectors[:10] @ index.vectors.T), axis=1)[:, :5]
     np.testing.assert_array_equal(positions, expected)
+
+
+def _reference_vectors(embeddings: np.ndarray, transform: str, dim: int) -> np.ndarray:
+    """What each transform should write, in numpy (PCA signs free; see `_align_signs`)."""
+    if transform == "raw":
+        return _normalize(embeddings.astype(np.float64))
+    projected = _numpy_pca(embeddings, dim, whiten=transform == "whiten")
+    if transform == "pca_power":
+        projected = np.sign(projected) * np.sqrt(np.abs(projected))
+    return _normalize(projected)
+
+
+@pytest.fixture(scope="module")
+def index_per_transform(corpus):
+    """One small index per transform, built once; the default's without a --transform flag."""
+    root, *_ = corpus
+    built = {}
+    for transform in TRANSFORMS:
+        output = root / f"transform_{transform}"
+        flags = [] if transform == index_job.DEFAULT_TRANSFORM else [f"--transform={transform}"]
+        built[transform] = (
+            output,
+            index_job.run(
+                [f"--embeddings={root}/scores-*.parquet", f"--output={output}", f"--dim={DIM}", *flags]
+            ),
+        )
+    return built
+
+
+@pytest.mark.parametrize("transform", list(TRANSFORMS))
+def test_each_transform_round_trips_index_then_search(corpus, index_per_transform, transform):
+    _, embeddings, _, ids = corpus
+    output, metadata = index_per_transform[transform]
+    dim = EMBEDDING_DIM if transform == "raw" else DIM
+    assert metadata["transform"] == transform
+    assert metadata["whiten"] is (transform == "whiten")
+    assert (metadata["embedding_dim"], metadata["dim"]) == (EMBEDDING_DIM, dim)
+
+    index = load_index(str(output))
+    rows = [index.position(video_id) for video_id in ids]
+    vectors = index.vectors[rows]  # [N, dim] in corpus order
+    reference = _reference_vectors(embeddings, transform, DIM)
+    aligned = vectors if transform == "raw" else _align_signs(vectors, reference)
+    np.testing.assert_allclose(aligned, reference, atol=2e-5)
+
+    # Every stored vector finds itself first...
+    _, positions = search(index, index.vectors, 1)
+    np.testing.assert_array_equal(positions[:, 0], np.arange(NUM_ROWS))
+    # ...and so does a query embedding passed through the index's saved transform, as search does.
+    queries = [0, 17, 299]
+    transformed = transform_embeddings(str(output), embeddings[queries])  # [3, dim]
+    np.testing.assert_allclose(transformed, index.vectors[[rows[q] for q in queries]], atol=1e-5)
+    _, positions = search(index, transformed, 1)
+    assert list(index.ids[positions[:, 0]]) == [ids[q] for q in queries]
+
+
+def test_default_transform_is_the_documented_one(capsys):
+    """BENCHMARKS.md ("Retrieval index") measured the transforms; README and --help name the winner."""
+    default = index_job.DEFAULT_TRANSFORM
+    assert default in TRANSFORMS
+    assert index_job.IndexConfig(embeddings="e", output="o").transform == default
+    config, _ = index_job.parse_known_args(["--embeddings=e", "--output=o"])
+    assert config.transform == default
+    with pytest.raises(SystemExit):
+        index_job.parse_known_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"(default {default}:" in help_text
+    for transform in TRANSFORMS:
+        assert f" {transform} " in help_text
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"`--transform {default}`" in readme
+
+
+@pytest.mark.parametrize(
+    ("flags", "transform"),
+    [(["--whiten"], "whiten"), (["--no-whiten"], "pca"), (["--no-whiten", "--transform=pca"], "pca")],
+)
+def test_deprecated_whiten_flags_map_to_transforms(flags, transform):
+    config, _ = index_job.parse_known_args(["--embeddings=e", "--output=o", *flags])
+    assert config.transform == transform
+
+
+def test_whiten_flag_contradicting_transform_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        index_job.parse_known_args(["--embeddings=e", "--output=o", "--whiten", "--transform=raw"])
+    assert "--whiten (= --transform whiten) contradicts --transform raw" in capsys.readouterr().err
 
 
 def _one_line_error(capfd, argv) -> str:

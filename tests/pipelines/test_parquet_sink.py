@@ -42,9 +42,11 @@ def test_schema_is_the_output_contract():
 
 
 def test_rows_land_in_named_shards_and_read_back_exactly(tmp_path):
-    rows = [_row(i) for i in range(5)]
+    tables = [
+        pa.Table.from_pylist([_row(i) for i in part], schema=output_schema(4)) for part in ([0, 1, 2], [3, 4])
+    ]
     with BeamTestPipeline() as p:
-        p | beam.Create(rows) | WriteParquet(str(tmp_path / "scores"), embedding_size=4, num_shards=2)
+        p | beam.Create(tables) | WriteParquet(str(tmp_path / "scores"), embedding_size=4, num_shards=2)
     files = sorted(path.name for path in tmp_path.iterdir())
     assert files == ["scores-00000-of-00002.parquet", "scores-00001-of-00002.parquet"]
     got = duckdb.sql(
@@ -57,4 +59,5 @@ def test_rows_land_in_named_shards_and_read_back_exactly(tmp_path):
 
 def test_an_embedding_of_the_wrong_length_fails_instead_of_writing(tmp_path):
     with pytest.raises(Exception, match="(?i)length|size"), BeamTestPipeline() as p:
-        p | beam.Create([_row(1, embedding_size=3)]) | WriteParquet(str(tmp_path / "s"), embedding_size=4)
+        table = pa.Table.from_pylist([_row(1, embedding_size=3)], schema=output_schema(3))
+        p | beam.Create([table]) | WriteParquet(str(tmp_path / "s"), embedding_size=4)

@@ -21,6 +21,7 @@ from scoring_data import (
     write_tfrecords,
 )
 
+from nextvlad import records as records_lib
 from pipelines import score
 from pipelines.handler import InvalidModelError
 
@@ -38,7 +39,7 @@ class Corpus:
 def corpus(tmp_path_factory) -> Corpus:
     """A tiny frame-level model and 20 videos (2-30 frames) in two files."""
     root = tmp_path_factory.mktemp("score")
-    save_tiny_model(root / "model" / "model.keras")
+    save_tiny_model(root / "model" / "model.keras", max_frames=25)  # the model's own frame limit
     records = good_frame_records(np.random.default_rng(0), 20, prefix="v")
     items = list(records.values())
     for shard in range(2):
@@ -59,8 +60,8 @@ def _args(corpus: Corpus, output: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def single_run(corpus, tmp_path_factory):
     output = tmp_path_factory.mktemp("single") / "scores"
-    # max_frames=25 truncates the longer videos, as the reader must.
-    summary = score.run(_args(corpus, output, "--top_k=5", "--batch_size=8", "--max_frames=25"))
+    # The model keeps 25 frames (its max_frames): the longer videos are truncated with no flag.
+    summary = score.run(_args(corpus, output, "--top_k=5", "--batch_size=8"))
     return summary, output
 
 
@@ -154,7 +155,6 @@ def test_multi_processing_gives_the_same_rows_as_one_process(corpus, single_run,
             output,
             "--top_k=5",
             "--batch_size=8",
-            "--max_frames=25",
             "--direct_running_mode=multi_processing",
             "--direct_num_workers=2",
         )
@@ -172,6 +172,8 @@ def test_every_bad_record_and_corrupt_file_lands_in_the_dead_letter(corpus, tmp_
     rng = np.random.default_rng(1)
     good = good_frame_records(rng, 8, prefix="ok")
     bad = bad_frame_records(rng)
+    # Ground truth from another vocabulary is not a bad record: that video is scored, labels kept.
+    outside_id, outside_record = bad["label_out_of_range"]
     items = list(good.values())
     # Bad records between good ones, in two files; each file starts with a good record.
     mixed_a = [items[0], *[data for _, data in list(bad.values())[:5]], items[1], items[2]]
@@ -198,8 +200,15 @@ def test_every_bad_record_and_corrupt_file_lands_in_the_dead_letter(corpus, tmp_
     dead = read_dead_letters(str(output))
 
     assert sorted(r["id"] for r in rows) == sorted(
-        ["ok000", "ok001", "ok002", "ok003", "ok004", "ok005", "ok006"]
+        ["ok000", "ok001", "ok002", "ok003", "ok004", "ok005", "ok006", outside_id]
     )
+    outside_row = next(r for r in rows if r["id"] == outside_id)
+    assert (
+        outside_row["labels"] == records_lib.parse_frame_example(outside_record, num_classes=None)["labels"]
+    )
+    assert max(outside_row["labels"]) >= 7  # the tiny model has 7 classes
+    assert summary.labels_outside_vocabulary == 1 and "labels outside the model's classes" in summary.line()
+    del bad["label_out_of_range"]
     # The invariant: each record read is a row or a dead letter (the truncated tail counts as one).
     total_records = len(mixed_a) + len(mixed_b) + 3
     assert summary.records_read == total_records
@@ -290,45 +299,114 @@ def test_video_level_records_are_scored_with_a_video_level_model(tmp_path):
 
 
 def test_reverse_whitening_sharding_reshuffling_and_a_shared_model(corpus, tmp_path):
-    eigenvals = np.linspace(0.5, 4.0, 2048, dtype=np.float32)[:, None]  # (2048, 1) like yt8m_pca
-    np.save(tmp_path / "eigenvals.npy", eigenvals)
+    # A model trained with reverse whitening stores its scale: scoring needs no flag to reproduce it.
+    eigenvals = np.linspace(0.5, 4.0, 2048, dtype=np.float32)
+    scale = (np.sqrt(eigenvals[:1024].astype(np.float64)) + 1e-4).astype(np.float32)
+    model_dir = tmp_path / "whitened"
+    save_tiny_model(model_dir / "model.keras", rgb_scale=scale, max_frames=25)
     output = tmp_path / "out" / "scores"
-    summary = score.run(
-        _args(
-            corpus,
-            output,
-            f"--pca_eigenvals={tmp_path / 'eigenvals.npy'}",
-            "--num_shards=2",
-            "--share_model",
-            "--reshuffle",
-            "--model_version=v7",
-        )
-    )
+    args = [
+        "--runner=DirectRunner",
+        f"--input={corpus.pattern}",
+        f"--model={model_dir}",
+        f"--output={output}",
+        "--num_shards=2",
+        "--share_model",
+        "--reshuffle",
+        "--model_version=v7",
+    ]
+    summary = score.run(args)
     assert summary.videos_scored == 20
     assert sorted(p.name for p in output.parent.glob("scores-*.parquet")) == [
         "scores-00000-of-00002.parquet",
         "scores-00001-of-00002.parquet",
     ]
-    model = keras.saving.load_model(corpus.model_dir / "model.keras")
-    scale = np.sqrt(eigenvals[:1024, 0].astype(np.float64)) + 1e-4
+    model = keras.saving.load_model(model_dir / "model.keras")
+    plain = keras.saving.load_model(corpus.model_dir / "model.keras")  # the same weights, no whitening
+    moved = 0.0
     for row in read_rows(f"{output}-*-of-*.parquet"):
-        video = decode_frame_record(corpus.records[row["id"]])
-        video["rgb"] = ((video["rgb"].astype(np.float64) - 4 / 512) * scale).astype(np.float32)
+        video = decode_frame_record(corpus.records[row["id"]], max_frames=25)
         expected = model_outputs(model, video)
         np.testing.assert_allclose(row["embedding"], expected["embedding"], atol=TOLERANCE)
+        moved = max(
+            moved, float(np.abs(expected["embedding"] - model_outputs(plain, video)["embedding"]).max())
+        )
         assert row["model_version"] == "v7"
+    assert moved > 1e-3  # the whitening inside the model does change the scores
+
+    with pytest.raises(score.ScoreSetupError, match="--pca_eigenvals is no longer a scoring flag"):
+        score.run([*args, f"--pca_eigenvals={tmp_path / 'eigenvals.npy'}", "--overwrite"])
 
 
-def test_demo_defaults_and_the_printed_summary(corpus, tmp_path, monkeypatch, capsys):
-    demo = tmp_path / ".demo"
+def _make_demo(corpus: Corpus, root: Path) -> Path:
+    demo = root / ".demo"
     (demo / "model").mkdir(parents=True)
     (demo / "model" / "model.keras").write_bytes((corpus.model_dir / "model.keras").read_bytes())
     items = list(corpus.records.values())[:5]
     write_tfrecords(demo / "data" / "demo-00000-of-00001.tfrecord", items)
+    return demo
+
+
+def test_demo_defaults_and_the_printed_summary(corpus, tmp_path, monkeypatch, capsys, caplog):
+    demo = _make_demo(corpus, tmp_path)
     monkeypatch.chdir(tmp_path)
-    assert score.main(["--top_k=3"]) == 0
+    with caplog.at_level("INFO", logger="pipelines.score"):
+        assert score.main(["--top_k=3"]) == 0
     assert "Scored 5 videos of 5 records read; 0 dead letters" in capsys.readouterr().out
     assert len(read_rows(str(demo / "scores" / "scores-*-of-*.parquet"))) == 5
+    assert "scoring the demo corpus" in caplog.text and "with the demo model" in caplog.text
+
+
+def test_input_without_model_never_falls_back_to_the_demo_model(corpus, tmp_path, monkeypatch, capsys):
+    _make_demo(corpus, tmp_path)  # a demo model is there to fall back to, and must not be used
+    monkeypatch.chdir(tmp_path)
+    assert score.main([f"--input={corpus.pattern}", "--output=out/scores"]) == 2
+    err = capsys.readouterr().err
+    assert "without --model" in err and "pass --model MODEL_DIR" in err
+    assert score.main([f"--model={corpus.model_dir}", "--output=out/scores"]) == 2
+    assert "without --input" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Re-running into the same --output
+# ------------------------------------------------------------------------------------------------
+
+
+def test_an_earlier_run_at_the_output_is_refused_until_overwrite_replaces_it(corpus, tmp_path):
+    out = tmp_path / "out"
+    output = out / "scores"
+    score.run(_args(corpus, output, "--num_shards=3"))
+    earlier_segments = out / "scores_segments-00000-of-00001.parquet"  # an earlier run's segment rows
+    earlier_segments.write_bytes(b"PAR1")
+    unrelated = [out / "notes.txt", out / "other-00000-of-00001.parquet"]
+    for path in unrelated:
+        path.write_text("not this job's")
+    before = sorted(p.name for p in out.iterdir())
+
+    # A different shard count would leave the three old shards beside the two new ones.
+    with pytest.raises(
+        score.ScoreSetupError,
+        match=r"already holds the output of an earlier run \(5 files: .*scores-00000-of-00003\.parquet"
+        r".*Pass --overwrite",
+    ):
+        score.run(_args(corpus, output, "--num_shards=2"))
+    # A dry run with --overwrite checks and deletes nothing.
+    score.run(_args(corpus, output, "--num_shards=2", "--overwrite", "--dry_run"))
+    assert sorted(p.name for p in out.iterdir()) == before
+
+    summary = score.run(_args(corpus, output, "--num_shards=2", "--overwrite"))
+    assert summary.videos_scored == 20
+    assert sorted(p.name for p in out.iterdir()) == [
+        "notes.txt",
+        "other-00000-of-00001.parquet",
+        "scores-00000-of-00002.parquet",
+        "scores-00001-of-00002.parquet",
+        "scores-errors-00000-of-00001.jsonl",
+    ]
+    # What a reader's glob sees: every video once.
+    assert [r["id"] for r in read_rows(f"{output}-*.parquet")] == sorted(corpus.records)
+    assert read_dead_letters(str(output)) == []
 
 
 def test_without_inputs_or_demo_the_cli_says_to_run_make_demo(tmp_path, monkeypatch, capsys):
@@ -353,7 +431,7 @@ def test_missing_model_is_reported_before_the_job_starts(corpus, tmp_path):
 def test_a_model_that_is_not_nextvlad_is_rejected(corpus, tmp_path):
     inputs = keras.Input((4,), name="x")
     keras.Model(inputs, keras.layers.Dense(2, name="y")(inputs)).save(tmp_path / "other.keras")
-    with pytest.raises(InvalidModelError, match="not a NeXtVLAD scoring model.*predictions"):
+    with pytest.raises(InvalidModelError, match="not a NeXtVLAD serving model.*predictions"):
         score.run(_args(dataclasses.replace(corpus, model_dir=tmp_path / "other.keras"), tmp_path / "o"))
     (tmp_path / "junk.keras").write_text("not a model")
     with pytest.raises(InvalidModelError, match="Could not load .*junk.keras"):
@@ -422,7 +500,6 @@ def test_the_job_is_built_from_small_named_transforms(corpus, tmp_path):
         "ReadFrameRecords",
         "ReshuffleRecords",
         "ParseRecords",
-        "KeyById",
         "RunInference",
         "FormatRows",
         "WriteParquet",

@@ -6,7 +6,6 @@ import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
-from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from scoring_data import NUM_CLASSES, bad_frame_records, frame_record, good_frame_records, write_tfrecords
@@ -17,6 +16,8 @@ from pipelines.transforms import (
     FormatRows,
     ParseRecords,
     Record,
+    RowDicts,
+    ScoredBatch,
     read_tfrecord_file,
 )
 
@@ -65,8 +66,12 @@ def test_reader_stops_at_a_length_that_fails_its_crc(records, tmp_path):
 
 def test_parse_records_routes_every_bad_record_to_the_dead_letter(records):
     bad = bad_frame_records(np.random.default_rng(1))
+    # A label outside the model's classes is ground truth from another vocabulary, not a bad record:
+    # the video is scored with its labels kept as they are.
+    out_of_vocabulary = bad.pop("label_out_of_range")
     inputs = [Record("good.tfrecord", i, data) for i, data in enumerate(records)]
     inputs += [Record("bad.tfrecord", 100 + i, data) for i, (_, data) in enumerate(bad.values())]
+    inputs.append(Record("other.tfrecord", 0, out_of_vocabulary[1]))
     with BeamTestPipeline() as p:
         parsed = p | beam.Create(inputs) | ParseRecords(num_classes=NUM_CLASSES)
         examples = parsed.examples | "Summarise" >> beam.Map(
@@ -74,11 +79,12 @@ def test_parse_records_routes_every_bad_record_to_the_dead_letter(records):
         )
         frames = [
             len(tf.train.SequenceExample.FromString(r).feature_lists.feature_list["rgb"].feature)
-            for r in records
+            for r in records + [out_of_vocabulary[1]]
         ]
+        ids = [f"r{i:03d}" for i in range(len(records))] + [out_of_vocabulary[0]]
         assert_that(
             examples,
-            equal_to([(f"r{i:03d}", n, (n, 1024), "float32") for i, n in enumerate(frames)]),
+            equal_to([(vid, n, (n, 1024), "uint8") for vid, n in zip(ids, frames, strict=True)]),
             label="Examples",
         )
         dead = parsed[DEAD_LETTER] | beam.Map(
@@ -91,31 +97,28 @@ def test_parse_records_routes_every_bad_record_to_the_dead_letter(records):
         )
 
 
-def test_parse_dequantizes_with_the_dataset_formula():
-    rgb = np.array([[0, 255] * 512], dtype=np.uint8)
-    audio = np.full((1, 128), 128, dtype=np.uint8)
+def test_parse_hands_the_stored_uint8_frames_through():
+    rgb = np.array([[0, 255] * 512, [7] * 1024], dtype=np.uint8)
+    audio = np.full((2, 128), 128, dtype=np.uint8)
     with BeamTestPipeline() as p:
         parsed = (
             p | beam.Create([Record("f", 0, frame_record("q", [], rgb, audio))]) | ParseRecords(num_classes=3)
         )
         values = parsed.examples | beam.Map(
-            lambda e: (float(e["rgb"][0, 0]), float(e["rgb"][0, 1]), float(e["audio"][0, 0]))
+            lambda e: (e["rgb"].tolist(), e["audio"].tolist(), e["num_frames"])
         )
-        # x = q * 4/255 + 4/512 - 2
-        expected = (4 / 512 - 2, 4 + 4 / 512 - 2, 128 * 4 / 255 + 4 / 512 - 2)
-        assert_that(
-            values,
-            lambda got: np.testing.assert_allclose(got[0], expected, rtol=0, atol=1e-6),
-        )
+        assert_that(values, equal_to([(rgb.tolist(), audio.tolist(), 2)]))
 
 
 def test_format_rows_keeps_the_top_k_best_first_with_ties_to_the_lower_class():
-    predictions = np.array([0.1, 0.7, 0.3, 0.7, 0.05], dtype=np.float32)
-    embedding = np.array([0.25, -1.5, 3.0], dtype=np.float32)
-    example = {"id": "a", "labels": [3, 1], "num_frames": 12}
-    result = PredictionResult(example, {"predictions": predictions, "embedding": embedding})
+    predictions = np.array([[0.1, 0.7, 0.3, 0.7, 0.05], [0.9, 0.0, 0.2, 0.1, 0.3]], dtype=np.float32)
+    embeddings = np.array([[0.25, -1.5, 3.0], [1.0, 2.0, -0.5]], dtype=np.float32)
+    examples = [{"id": "a", "labels": [3, 1], "num_frames": 12}, {"id": "b", "labels": [], "num_frames": 3}]
+    batch = ScoredBatch(examples, predictions, embeddings)
     with BeamTestPipeline() as p:
-        rows = p | beam.Create([("a", result)]) | FormatRows(top_k=3, model_version="m@1")
+        tables = p | beam.Create([batch]) | FormatRows(top_k=3, model_version="m@1", embedding_size=3)
+        assert_that(tables | beam.Map(lambda t: t.num_rows), equal_to([2]), label="OneTablePerBatch")
+        rows = tables | RowDicts()
         assert_that(
             rows,
             equal_to(
@@ -132,9 +135,23 @@ def test_format_rows_keeps_the_top_k_best_first_with_ties_to_the_lower_class():
                         ],
                         "embedding": [0.25, -1.5, 3.0],
                         "model_version": "m@1",
-                    }
+                    },
+                    {
+                        "id": "b",
+                        "num_frames": 3,
+                        "labels": [],
+                        "top_classes": [0, 4, 2],
+                        "top_scores": [
+                            float(np.float32(0.9)),
+                            float(np.float32(0.3)),
+                            float(np.float32(0.2)),
+                        ],
+                        "embedding": [1.0, 2.0, -0.5],
+                        "model_version": "m@1",
+                    },
                 ]
             ),
+            label="Rows",
         )
 
 

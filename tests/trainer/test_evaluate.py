@@ -231,8 +231,8 @@ def test_evaluate_video_level_with_submission(video_case, tmp_path):
 
 
 def test_predict_dataset_streams_the_same_scores_as_model_predict(frame_case):
-    model, input_format = ev.load_serving_model(str(frame_case["root"] / "model"))
-    assert input_format == "frame"
+    model, info = ev.load_serving_model(str(frame_case["root"] / "model"))
+    assert info.input_format == "frame"
     # Batches of 5 (the last one short) of videos padded to different lengths: padding must not
     # change any score. The reader interleaves the two files, so match rows by id.
     got = ev.predict_dataset(model, frame_case["pattern"], input_format="frame", batch_size=5, progress=False)
@@ -309,7 +309,7 @@ def test_pattern_matching_nothing(video_case, tmp_path):
 
 
 def test_records_of_the_other_format(frame_case, video_case, tmp_path):
-    with pytest.raises(ValueError, match="are video-level, but the model takes frame-level"):
+    with pytest.raises(ValueError, match="holds video-level records but the model .* takes frame-level"):
         ev.evaluate(
             str(frame_case["root"] / "model"),
             video_case["pattern"],

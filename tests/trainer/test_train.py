@@ -247,8 +247,9 @@ def _label_prior_gap(corpus: dict) -> float:
 
 def test_learning_rate_follows_the_staircase_schedule(corpus, tmp_path):
     result = _train(
-        corpus, tmp_path / "run", eval_data=False, epochs=3, steps_per_epoch=5, lr_decay_examples=32
-    )
+        corpus, tmp_path / "run", eval_data=False, epochs=3, steps_per_epoch=5, lr_decay_examples=32,
+        schedule="paper", learning_rate=2e-4,
+    )  # fmt: skip
     assert result["global_step"] == 15
     rows = (tmp_path / "run" / "history.csv").read_text().splitlines()[1:]
     learning_rates = [float(row.split(",")[3]) for row in rows]
@@ -259,6 +260,75 @@ def test_learning_rate_follows_the_staircase_schedule(corpus, tmp_path):
     )
     short = tr.TrainConfig(train_data="x", model_dir="m", batch_size=100)
     assert tr.lr_decay_steps(short, 1000) == 200  # 100k examples: decays every 20k, five times
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_over_the_run():
+    config = tr.TrainConfig(train_data="x", model_dir="m", learning_rate=1e-3, warmup_fraction=0.1)
+    schedule = tr.learning_rate_schedule(config, 200)
+    rates = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 10, 20, 110, 200)]
+    np.testing.assert_allclose(rates, [0.0, 5e-4, 1e-3, 5e-4, 0.0], atol=1e-9)
+    # The same shape over a run 100 times longer: it scales with the run.
+    long = tr.learning_rate_schedule(config, 20_000)
+    assert float(keras.ops.convert_to_numpy(long(11_000))) == pytest.approx(5e-4)
+
+
+def test_paper_schedule_defaults_to_the_papers_learning_rate():
+    args = tr.build_parser().parse_args(["--train_data", "x", "--model_dir", "m", "--schedule", "paper"])
+    assert tr.resolve_configs(args)[1].learning_rate == 2e-4
+    args = tr.build_parser().parse_args(["--train_data", "x", "--model_dir", "m", "--learning_rate", "0.01"])
+    assert tr.resolve_configs(args)[1].learning_rate == 0.01
+
+
+def test_classifier_bias_starts_every_branch_at_the_label_prior():
+    prior = np.array([0.5, 0.2, 0.01, 1e-4, 0.3, 0.05])
+    for classifier in ("logistic", "moe"):
+        config = ModelConfig.preset(
+            "video", num_classes=6, hidden_size=16, mix_number=3, classifier=classifier
+        )
+        model = tr.build_training_model(config, tr.TrainConfig(train_data="x", model_dir="m"), total_steps=10,
+                                        label_prior=prior)  # fmt: skip
+        # A zero input gives a zero embedding (no-bias hidden layer, untrained BatchNorm), so the
+        # predictions are the classifiers' biases alone, mixed by the gate.
+        zeros = {"mean_rgb": np.zeros((2, 1024), "float32"), "mean_audio": np.zeros((2, 128), "float32")}
+        predictions = keras.ops.convert_to_numpy(model.network(zeros)["predictions"])
+        np.testing.assert_allclose(predictions, np.broadcast_to(prior, (2, 6)), rtol=1e-4)
+
+
+def test_training_counts_the_label_prior_over_the_training_records(corpus, tmp_path):
+    _train(corpus, tmp_path / "run", max_steps=1, eval_data=False)
+    resolved = json.loads((tmp_path / "run" / "train_config.json").read_text())["resolved"]
+    assert resolved["prior_records"] == resolved["train_records"] == 180
+    _train(corpus, tmp_path / "zero", max_steps=1, eval_data=False, prior_records=0)
+    assert json.loads((tmp_path / "zero" / "train_config.json").read_text())["resolved"]["prior_records"] == 0
+
+
+def _readme_training_defaults() -> dict[str, dict[str, str]]:
+    """The README's "Training defaults" table: preset -> column -> cell."""
+    text = (REPO_ROOT / "README.md").read_text()
+    section = text.split("### Training defaults", 1)[1].split("\n#", 1)[0]  # up to the next heading
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    table = {}
+    for row in rows[2:]:
+        cells = [cell.strip().strip("`") for cell in row.strip("|").split("|")]
+        table[cells[0]] = dict(zip(header, cells, strict=True))
+    return table
+
+
+def test_each_presets_defaults_are_what_the_readme_says():
+    table = _readme_training_defaults()
+    assert set(table) == set(ModelConfig.preset_names())
+    for preset, row in table.items():
+        args = tr.build_parser().parse_args(["--train_data", "x", "--model_dir", "m", "--preset", preset])
+        model_config, train_config = tr.resolve_configs(args)
+        assert train_config.schedule == row["schedule"], preset
+        assert train_config.learning_rate == float(row["peak learning rate"]), preset
+        assert train_config.warmup_fraction == float(row["warm-up"].rstrip("%")) / 100, preset
+        assert train_config.epochs == int(row["epochs"]), preset
+        assert train_config.batch_size == int(row["batch"]), preset
+        assert model_config.l2_penalty == float(row["L2"]), preset
+        assert model_config.mix_number == int(row["branches"]), preset
+        assert model_config.classifier == row["classifier"], preset
 
 
 def test_rerunning_a_finished_run_does_not_train_again(corpus, tmp_path):
