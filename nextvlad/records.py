@@ -168,6 +168,19 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def write_bytes(path: str, data: bytes) -> None:
+    """Writes a whole local or remote (gs://) file; a local parent directory is created if missing."""
+    if _is_remote(path):
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.create(path) as f:
+            f.write(data)
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def read_text(path: str) -> str:
     """A UTF-8 text file, local or remote (a byte-order mark is dropped)."""
     return read_bytes(path).decode("utf-8-sig")

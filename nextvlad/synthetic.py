@@ -52,10 +52,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 from tqdm import tqdm
 
-from nextvlad import yt8m
+from nextvlad import records
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ class _Modality:
 
 _RGB = _Modality(
     name="rgb",
-    size=yt8m.RGB_SIZE,
+    size=records.RGB_SIZE,
     num_background=_NUM_BACKGROUND_RGB,
     center_std=0.25,
     background_std=0.5,
@@ -103,7 +102,7 @@ _RGB = _Modality(
 )
 _AUDIO = _Modality(
     name="audio",
-    size=yt8m.AUDIO_SIZE,
+    size=records.AUDIO_SIZE,
     num_background=_NUM_BACKGROUND_AUDIO,
     center_std=0.25,
     background_std=0.5,
@@ -169,7 +168,7 @@ def _noisy_copies(
     for s in range(0, num_scenes, step):
         batch = prototypes[s : s + step, None, :]  # [b, 1, D]
         noise = rng.standard_normal((batch.shape[0], num_variants, d), dtype=np.float32)  # [b, V, D]
-        out[s : s + step] = yt8m.quantize(batch + np.float32(noise_std) * noise)
+        out[s : s + step] = records.quantize(batch + np.float32(noise_std) * noise)
     return out.reshape(num_scenes * num_variants * chunks, _CHUNK)
 
 
@@ -246,7 +245,7 @@ class _Generator:
         for v in range(count):
             start, stop = starts[v], starts[v] + num_frames[v]
             video_labels = np.sort(labels[v][labels[v] >= 0]).tolist()
-            record = yt8m.frame_example_bytes(
+            record = records.frame_example_bytes(
                 f"{self.id_prefix}{first + v:07d}",
                 video_labels,
                 frames["rgb"][start:stop],
@@ -403,7 +402,8 @@ def generate_corpus(
     )
     output_dir = os.fspath(output_dir)
     started = time.perf_counter()
-    tf.io.gfile.makedirs(output_dir)
+    if "://" not in output_dir:
+        os.makedirs(output_dir, exist_ok=True)
     generator = _Generator(
         num_classes=num_classes,
         seed=seed,
@@ -423,8 +423,8 @@ def generate_corpus(
             count = min(_BLOCK_SIZE, num_videos - block * _BLOCK_SIZE)
             yield from generator.block(block, count)
 
-    def tally(records: Iterator[tuple[bytes, list[int], int]], bar: Any) -> Iterator[bytes]:
-        for record, labels, frames in records:
+    def tally(generated: Iterator[tuple[bytes, list[int], int]], bar: Any) -> Iterator[bytes]:
+        for record, labels, frames in generated:
             label_counts[labels] += 1
             labels_per_video_hist[len(labels)] += 1
             totals["frames"] += frames
@@ -432,13 +432,13 @@ def generate_corpus(
             bar.update(1)
             yield record
 
-    records = stream()
+    generated = stream()
     files = []
     with tqdm(total=num_videos, unit="video", disable=not progress, file=sys.stderr) as bar:
         for shard in range(shards):
             begin, end = shard * num_videos // shards, (shard + 1) * num_videos // shards
             path = shard_path(output_dir, prefix, shard, shards)
-            yt8m.write_tfrecords(path, tally(itertools.islice(records, end - begin), bar))
+            records.write_tfrecords(path, tally(itertools.islice(generated, end - begin), bar))
             files.append(path)
 
     label_names = os.path.join(output_dir, LABEL_NAMES_FILE)
@@ -446,8 +446,7 @@ def generate_corpus(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["label_id", "label_name"])
     writer.writerows((c, f"class_{c:04d}") for c in range(num_classes))
-    with tf.io.gfile.GFile(label_names, "w") as f:
-        f.write(buffer.getvalue())
+    records.write_bytes(label_names, buffer.getvalue().encode())
 
     seconds = time.perf_counter() - started
     summary = {
