@@ -6,7 +6,8 @@ evaluation code (`eval_util.py`, `average_precision_calculator.py`) with determi
 - `gap`: global average precision of each video's top-k predictions, pooled over all videos.
 - `hit_at_one`: fraction of videos whose top-1 prediction is a true label.
 - `perr`: precision at equal recall rate, mean over videos that have at least one label.
-- `mean_average_precision` / `average_precision_per_class`: per-class average precision.
+- `mean_average_precision` / `average_precision_per_class`: per-class average precision over each
+  video's top-k predictions (the dataset's `top_k_by_class`), with every positive in the denominator.
 
 `GlobalAveragePrecision` and `HitAtOne` are streaming `keras.metrics.Metric`s written with
 `keras.ops` only, so they run inside `model.compile(metrics=[...])` on any Keras backend.
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "GlobalAveragePrecision",
     "HitAtOne",
+    "average_precision_from_top_k",
     "average_precision_per_class",
     "gap",
     "hit_at_one",
@@ -203,45 +205,81 @@ def perr(predictions: Any, labels: Any) -> float:
     return float(np.mean((hits & within).sum(axis=1) / num_labels))
 
 
-def average_precision_per_class(predictions: Any, labels: Any) -> np.ndarray:
-    """Average precision of each class, ranking all videos by that class's score.
+def average_precision_from_top_k(indices: Any, scores: Any, labels: Any) -> np.ndarray:
+    """Per-class average precision over each video's top-k predictions (the YouTube-8M definition).
 
-    Ties keep video order. `AP_c = sum over positives of precision at their rank / positives_c`.
+    Class c's ranked list holds only the videos whose top-k predictions include c, by score descending
+    (ties keep video order); its AP is `sum over the hits of precision at their rank / positives_c`,
+    where `positives_c` counts *every* video labeled c, so a positive outside a video's top-k lowers
+    the AP. This is the starter code's `eval_util.top_k_by_class` feeding its mean-AP calculator.
+
+    Args:
+        indices: int class ids `[N, k]` of each video's top-k predictions (`top_k`).
+        scores: their scores `[N, k]`.
+        labels: dense 0/1 labels `[N, C]`.
+
+    Returns:
+        float64 `[C]`; NaN for classes with no positive video (their AP is undefined), 0 for classes whose
+        positives never reach a top-k.
+    """
+    labels = np.asarray(labels).astype(bool, copy=False)
+    indices, scores = np.asarray(indices), np.asarray(scores)
+    num_classes = labels.shape[1]
+    classes = indices.ravel()  # [N·k], video-major
+    hits = np.take_along_axis(labels, indices, axis=1).ravel()  # [N·k]
+    order = np.lexsort((-scores.ravel().astype(np.float64), classes))  # by class, then score; stable
+    classes, hits = classes[order], hits[order].astype(np.float64)
+    starts = np.searchsorted(classes, np.arange(num_classes))  # first position of each class
+    group_start = starts[classes]  # [N·k]
+    ranks = np.arange(1, classes.size + 1) - group_start  # 1-based rank inside the class's list
+    cumulative = np.cumsum(hits)
+    before = np.concatenate([[0.0], cumulative])[group_start]  # hits of the earlier classes
+    precision = (cumulative - before) / ranks
+    precision_sum = np.bincount(classes, weights=precision * hits, minlength=num_classes)  # [C]
+    positives = labels.sum(axis=0)  # [C]
+    ap = np.full(num_classes, np.nan)
+    has_positives = positives > 0
+    ap[has_positives] = precision_sum[has_positives] / positives[has_positives]
+    return ap
+
+
+def average_precision_per_class(predictions: Any, labels: Any, *, top_k: int | None = 20) -> np.ndarray:
+    """Average precision of each class over the videos' top-k predictions, as the YouTube-8M code does.
+
+    See `average_precision_from_top_k` for the definition. `top_k=None` ranks every video by every
+    class's score instead (the textbook per-class AP, not what the dataset's tools report).
 
     Args:
         predictions: float scores `[N, C]`.
         labels: dense 0/1 labels `[N, C]`.
+        top_k: predictions kept per video (20 in the YouTube-8M evaluation); None: all of them.
 
     Returns:
         float64 array `[C]`; NaN for classes with no positive video (their AP is undefined).
     """
     predictions, labels = _check_inputs(predictions, labels)
-    num_positives = labels.sum(axis=0)  # [C]
-    order = np.argsort(-predictions, axis=0, kind="stable")  # [N, C]
-    hits = np.take_along_axis(labels, order, axis=0).astype(np.float64)  # [N, C], ranked per class
-    ranks = np.arange(1, predictions.shape[0] + 1, dtype=np.float64)[:, None]  # [N, 1]
-    precision_sum = np.sum(np.cumsum(hits, axis=0) / ranks * hits, axis=0)  # [C]
-    ap = np.full(predictions.shape[1], np.nan)
-    has_positives = num_positives > 0
-    ap[has_positives] = precision_sum[has_positives] / num_positives[has_positives]
-    return ap
+    k = predictions.shape[1] if top_k is None else _check_k(top_k, "top_k")
+    indices, scores = _top_k(predictions, k)  # [N, k]
+    return average_precision_from_top_k(indices, scores, labels)
 
 
-def mean_average_precision(predictions: Any, labels: Any) -> float:
-    """Mean over classes of average precision (mAP).
+def mean_average_precision(predictions: Any, labels: Any, *, top_k: int | None = 20) -> float:
+    """Mean over classes of average precision (mAP), over each video's top-k predictions.
 
-    Classes without any positive video in `labels` are excluded from the mean: their AP is
-    undefined, and counting them as 0 would make mAP depend on how many classes happen to be absent
-    from the evaluation split.
+    The YouTube-8M evaluation's mAP (`eval.py`): per-class AP as in `average_precision_per_class`,
+    averaged over the classes that have at least one positive video in `labels`. Classes without one
+    have no defined AP; counting them as 0 would make mAP depend on how many classes happen to be
+    absent from the evaluation split.
 
     Args:
         predictions: float scores `[N, C]`.
         labels: dense 0/1 labels `[N, C]`.
+        top_k: predictions kept per video (20); None ranks all scores (not the dataset's definition).
 
     Returns:
         mAP in [0, 1]; 0.0 when no class has a positive.
     """
-    ap = average_precision_per_class(predictions, labels)
+    ap = average_precision_per_class(predictions, labels, top_k=top_k)
     valid = ap[~np.isnan(ap)]
     return float(valid.mean()) if valid.size else 0.0
 

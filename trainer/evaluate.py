@@ -16,12 +16,11 @@ It prints GAP@20, Hit@1, PERR, mAP and the number of videos, and writes, by defa
 
 `--submission` also writes the 2018 Kaggle CSV (`VideoId,LabelConfidencePairs`, top 20 as `"%i %g"`).
 
-Memory: the model runs batch by batch, but per-class AP needs every score, so the evaluation keeps
-`[N, C]` float32 scores plus `[N, C]` boolean labels: about 19 KB per video with 3862 classes
-(190 MB for 10k videos, 1.9 GB for 100k), on top of ~1 GB for TensorFlow and the model. The metrics
-run over blocks of 2048 videos / 64 classes, so their working memory stays ~200 MB whatever N is
-(measured: 8,124 real videos peak at 1.6 GB RSS). For millions of videos, evaluate shards separately
-(GAP pools over videos, so average per-shard GAPs only as an approximation).
+Memory: the model runs batch by batch, and the evaluation keeps `[N, C]` float32 scores plus `[N, C]`
+boolean labels: about 19 KB per video with 3862 classes (190 MB for 10k videos, 1.9 GB for 100k), on
+top of ~1 GB for TensorFlow and the model. The metrics run over blocks of 2048 videos and over the
+`[N, 20]` top-k lists, so their working memory stays small whatever N is. For millions of videos,
+evaluate shards separately (GAP pools over videos, so average per-shard GAPs only as an approximation).
 """
 
 from __future__ import annotations
@@ -59,9 +58,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT = "eval_metrics.json"
 # Inputs of the two kinds of serving model (see `nextvlad.model.model_inputs`).
 DEFAULT_BATCH_SIZE = {"frame": 64, "video": 1024}  # frame batches are ~1.4 MB per video once decoded
-# Metrics run over blocks of rows / classes, so their temporaries stay small next to the [N, C] scores.
+# Metrics run over blocks of rows, so their temporaries stay small next to the [N, C] scores.
 _ROW_BLOCK = 2048
-_CLASS_BLOCK = 64
 _FRAME_BUCKET = 32  # frame-level batches are padded to a multiple of this many frames
 _PLOT_POINTS = 4000  # the PR curve has N·k points; the plot does not need more than this
 
@@ -319,28 +317,6 @@ def gap_curve(predictions: Any, labels: Any, *, top_k: int = 20) -> tuple[np.nda
     return _curve(indices, scores, labels.astype(bool))[:3]
 
 
-def per_class_average_precision(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """`nextvlad.metrics.average_precision_per_class`, computed over blocks of classes.
-
-    Per-class AP sorts every class column; done all at once its temporaries are several times the
-    `[N, C]` score matrix. Classes are independent, so blocks give the same values in bounded memory.
-
-    Args:
-        predictions: float scores `[N, C]`.
-        labels: bool labels `[N, C]`.
-
-    Returns:
-        float64 `[C]`, NaN for classes without positives.
-    """
-    from nextvlad import metrics
-
-    ap = np.empty(predictions.shape[1], dtype=np.float64)
-    for start in range(0, predictions.shape[1], _CLASS_BLOCK):
-        block = slice(start, start + _CLASS_BLOCK)
-        ap[block] = metrics.average_precision_per_class(predictions[:, block], labels[:, block])
-    return ap
-
-
 @dataclasses.dataclass
 class Evaluation:
     """Everything computed from one set of predictions (see `compute_evaluation`).
@@ -367,8 +343,8 @@ class Evaluation:
 def compute_evaluation(predictions: np.ndarray, labels: np.ndarray, *, top_k: int = 20) -> Evaluation:
     """GAP@k, Hit@1, PERR, mAP and the per-class statistics, with the `nextvlad.metrics` definitions.
 
-    Works over blocks of rows (top-k, Hit@1, PERR) and of classes (AP), so that memory beyond the
-    inputs stays small; the results equal the `nextvlad.metrics` functions on the whole arrays.
+    Works over blocks of rows (top-k, Hit@1, PERR) and on the `[N, k]` top-k lists (AP), so that memory
+    beyond the inputs stays small; the results equal the `nextvlad.metrics` functions on whole arrays.
 
     Args:
         predictions: float scores `[N, C]`.
@@ -401,13 +377,13 @@ def compute_evaluation(predictions: np.ndarray, labels: np.ndarray, *, top_k: in
             perr_sum += metrics.perr(predictions[rows], labels[rows]) * labeled
     num_labeled = int(np.count_nonzero(num_labels))
 
-    ap = per_class_average_precision(predictions, labels)  # [C]
+    ap = metrics.average_precision_from_top_k(indices, top_scores, labels)  # [C], over the top-k
     valid = ap[~np.isnan(ap)]
     summary = {
         "gap": gap,
         "hit_at_one": hit_sum / num_videos if num_videos else 0.0,
         "perr": perr_sum / num_labeled if num_labeled else 0.0,
-        # As metrics.mean_average_precision: classes without positives are left out.
+        # As metrics.mean_average_precision (top-k per video): classes without positives are left out.
         "map": float(valid.mean()) if valid.size else 0.0,
         "num_videos": int(num_videos),
         "num_labeled_videos": num_labeled,

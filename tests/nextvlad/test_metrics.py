@@ -156,16 +156,72 @@ def test_perr_skips_unlabeled_videos_and_hit_at_one_counts_them():
     assert mean_average_precision(PREDICTIONS, np.zeros_like(labels)) == 0.0
 
 
-def test_average_precision_matches_the_definition_on_random_data():
+def test_average_precision_over_all_scores_matches_the_textbook_definition():
     rng = np.random.default_rng(0)
     predictions = rng.random((40, 6))
     labels = rng.random((40, 6)) < 0.3
-    ap = average_precision_per_class(predictions, labels)
+    ap = average_precision_per_class(predictions, labels, top_k=None)
     for c in range(6):
         ranked = labels[np.argsort(-predictions[:, c]), c]
         positive_ranks = np.flatnonzero(ranked) + 1  # 1-based ranks of the positives
         expected = np.mean(np.arange(1, positive_ranks.size + 1) / positive_ranks)
         assert ap[c] == pytest.approx(expected)
+
+
+def test_map_counts_only_each_videos_top_k_predictions_by_hand():
+    # 3 videos x 4 classes, k = 2. Top-2 per video: v0 {c0 .9, c1 .8}, v1 {c2 .7, c0 .6}, v2 {c1 .95, c3 .5}.
+    predictions = np.array(
+        [[0.9, 0.8, 0.1, 0.2], [0.6, 0.05, 0.7, 0.3], [0.4, 0.95, 0.3, 0.5]], dtype=np.float32
+    )
+    labels = np.array([[1, 0, 0, 0], [1, 0, 0, 1], [1, 0, 1, 0]])
+    # c0: listed for v0 (.9, hit) and v1 (.6, hit); its third positive, v2, ranks c0 third (outside its
+    #     top 2) and only lowers the AP through the denominator: (1/1 + 2/2) / 3.
+    # c1: listed for v2 (.95) and v0 (.8), no positives -> undefined, left out of the mean.
+    # c2: listed for v1 (.7, miss) only; its positive v2 is outside v2's top 2: 0 / 1.
+    # c3: listed for v2 (.5, miss); its positive v1 ranks c3 third: 0 / 1.
+    ap = average_precision_per_class(predictions, labels, top_k=2)
+    np.testing.assert_allclose(ap, [2 / 3, np.nan, 0.0, 0.0])
+    assert mean_average_precision(predictions, labels, top_k=2) == pytest.approx((2 / 3) / 3)
+    # Ranking every score instead, c0's third positive counts: (1 + 1 + 1) / 3 = 1 and c2 finds v2 at
+    # rank 2 (1/2); the dataset's top-k definition is lower, as it should be.
+    np.testing.assert_allclose(
+        average_precision_per_class(predictions, labels, top_k=None), [1, np.nan, 0.5, 0.5]
+    )
+
+
+def _starter_code_map(predictions, labels, k):
+    """An independent transcription of the YouTube-8M starter code's mAP (eval_util.top_k_by_class ->
+    MeanAveragePrecisionCalculator): per class, the (score, label) pairs of the videos whose top-k holds
+    the class; AP = sum of precision at each hit / all positives of the class; classes without
+    positives skipped; mean over the rest. Scores here are distinct, so tie order does not matter."""
+    num_classes = predictions.shape[1]
+    pairs = [[] for _ in range(num_classes)]
+    for video in range(predictions.shape[0]):
+        for c in np.argsort(-predictions[video])[:k]:
+            pairs[c].append((predictions[video, c], labels[video, c]))
+    aps = []
+    for c in range(num_classes):
+        positives = labels[:, c].sum()
+        if positives == 0:
+            continue
+        ranked = [label for _, label in sorted(pairs[c], key=lambda pair: -pair[0])]
+        hits, total = 0, 0.0
+        for rank, label in enumerate(ranked, start=1):
+            if label:
+                hits += 1
+                total += hits / rank
+        aps.append(total / positives)
+    return float(np.mean(aps))
+
+
+@pytest.mark.parametrize(("num_videos", "num_classes", "k"), [(300, 50, 20), (200, 400, 20), (60, 30, 5)])
+def test_map_equals_the_starter_codes_algorithm(num_videos, num_classes, k):
+    rng = np.random.default_rng(num_classes)
+    predictions = rng.random((num_videos, num_classes))
+    labels = rng.random((num_videos, num_classes)) < 3 / num_classes + 0.02
+    assert mean_average_precision(predictions, labels, top_k=k) == pytest.approx(
+        _starter_code_map(predictions, labels, k), abs=1e-12
+    )
 
 
 @pytest.mark.parametrize(
