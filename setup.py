@@ -19,11 +19,12 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     # Everything the test suite needs, including the local stand-ins for GCS and BigQuery and a
-    # second Keras backend (PyTorch, CPU build) for the cross-backend tests.
+    # second and third Keras backend (PyTorch CPU build, JAX on CPU) for the cross-backend tests.
     "test": [
         "pytest",
         "ruff",
         "torch==2.13.0",
+        "jax[cpu]==0.10.2",
         "gcp-storage-emulator",
         "bqemulator==1.4.0",
         "duckdb==1.5.5",

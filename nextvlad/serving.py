@@ -162,14 +162,15 @@ def describe_model(model: Any, path: str) -> ModelInfo:
             f"'{PREPROCESSING_LAYER}' layer, so how it was trained cannot be read from it); "
             + _reexport_hint(path)
         )
-    config = layer.get_config()
+    # The layer's attributes, not `get_config()`: Keras's serializer imports TensorFlow when it is
+    # installed, whatever the backend.
     return ModelInfo(
         path=path,
         input_format=input_format,
         num_classes=int(outputs["predictions"].shape[-1]),
         embedding_size=int(outputs["embedding"].shape[-1]),
-        max_frames=config.get("max_frames") if input_format == "frame" else None,
-        reverse_whitening=bool(config.get("reverse_whitening", False)),
+        max_frames=int(layer.max_frames) if input_format == "frame" else None,
+        reverse_whitening=bool(layer.reverse_whitening),
     )
 
 
