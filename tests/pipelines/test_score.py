@@ -514,3 +514,50 @@ def test_dataflow_flags_pass_through_to_beam():
     )
     assert (known.input, known.top_k) == ("x", 3)
     assert beam_args == ["--runner=DataflowRunner", "--project=p", "--temp_location=gs://b/t"]
+
+
+@pytest.mark.parametrize("input_format", ["frame", "video"])
+def test_records_of_the_2017_layout_are_scored_under_their_video_id(tmp_path, caplog, input_format):
+    """The 2017 release names the id feature `video_id`: same rows as the 2018 layout, and the log says
+    which layout it found."""
+    import logging
+
+    import tensorflow as tf
+
+    model_path = save_tiny_model(tmp_path / "model.keras", input_format=input_format)
+    rng = np.random.default_rng(8)
+    if input_format == "frame":
+        records_2018 = list(good_frame_records(rng, 5, prefix="old").values())
+    else:
+        records_2018 = [
+            video_record(f"old{i}", [1], rng.normal(size=1024), rng.normal(size=128)) for i in range(5)
+        ]
+    # The same records with the id feature renamed, built with plain protos.
+    kind = tf.train.SequenceExample if input_format == "frame" else tf.train.Example
+    records_2017 = []
+    for data in records_2018:
+        proto = kind.FromString(data)
+        features = (proto.context if input_format == "frame" else proto.features).feature
+        features["video_id"].CopyFrom(features["id"])
+        del features["id"]
+        records_2017.append(proto.SerializeToString())
+    rows = {}
+    for layout, items in (("2018", records_2018), ("2017", records_2017)):
+        write_tfrecords(tmp_path / layout / "part.tfrecord", items)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="pipelines.score"):
+            summary = score.run(
+                [
+                    f"--input={tmp_path / layout}/*.tfrecord",
+                    f"--model={model_path}",
+                    f"--output={tmp_path / layout / 'scores'}",
+                ]
+            )
+        assert summary.videos_scored == 5 and summary.dead_letters == {}
+        expected_log = "2017 layout (id in 'video_id')" if layout == "2017" else "2018+ layout (id in 'id')"
+        assert expected_log in caplog.text
+        rows[layout] = read_rows(f"{tmp_path / layout / 'scores'}-*.parquet")
+    assert [r["id"] for r in rows["2017"]] == [
+        f"old{i:03d}" if input_format == "frame" else f"old{i}" for i in range(5)
+    ]
+    _assert_same_rows(rows["2017"], rows["2018"])

@@ -10,8 +10,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from nextvlad import ModelConfig, build_model, metrics, serving_model, yt8m
+from nextvlad import ModelConfig, build_model, metrics, records, serving_model, yt8m
 from trainer import evaluate as ev
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -239,6 +240,32 @@ def test_predict_dataset_streams_the_same_scores_as_model_predict(frame_case):
     assert sorted(got.ids) == frame_case["ids"]
     order = [frame_case["ids"].index(i) for i in got.ids]
     np.testing.assert_array_equal(got.labels, frame_case["labels"][order])
+    np.testing.assert_allclose(got.scores, frame_case["scores"][order], rtol=1e-5, atol=1e-6)
+
+
+def test_records_of_the_2017_layout_are_evaluated_like_the_2018_layout(frame_case, tmp_path, caplog):
+    """The 2017 release names the id feature `video_id`; evaluation reads it and logs the layout."""
+    import logging
+
+    from trainer.checks import check_records
+
+    model, info = ev.load_serving_model(str(frame_case["root"] / "model"))
+    renamed = []
+    for path in sorted((frame_case["root"] / "data").glob("part-*.tfrecord")):
+        for data in records.iter_tfrecords(str(path)):
+            proto = tf.train.SequenceExample.FromString(data)
+            proto.context.feature["video_id"].CopyFrom(proto.context.feature["id"])
+            del proto.context.feature["id"]
+            renamed.append(proto.SerializeToString())
+    pattern = str(tmp_path / "old.tfrecord")
+    yt8m.write_tfrecords(pattern, renamed)
+    with caplog.at_level(logging.INFO):
+        ev.check_records(pattern, info)
+        check_records([pattern], flag="--train_data", input_format="frame", num_classes=7, max_frames=300)
+    assert caplog.text.count("2017 layout (id in 'video_id')") == 2
+    got = ev.predict_dataset(model, pattern, input_format="frame", batch_size=5, progress=False)
+    assert sorted(got.ids) == frame_case["ids"]
+    order = [frame_case["ids"].index(i) for i in got.ids]
     np.testing.assert_allclose(got.scores, frame_case["scores"][order], rtol=1e-5, atol=1e-6)
 
 
