@@ -953,9 +953,17 @@ def parse_label_names(text: str, *, source: str = "label names") -> dict[int, st
 
 
 def read_label_names(path: str) -> dict[int, str]:
-    """`parse_label_names` of a local or remote file; the error names the file and the flag's formats."""
+    """`parse_label_names` of a local or remote (gs://) file: what every `--label_names` flag reads.
+
+    Raises:
+        FileNotFoundError: the file does not exist or cannot be read (the message says what to pass).
+        ValueError: the header has neither layout, or an id is not an integer.
+    """
     try:
         text = read_text(path)
     except OSError as e:
-        raise ValueError(f"cannot read label names from {path!r}: {e}") from None
+        raise FileNotFoundError(
+            f"cannot read label names from {path!r} ({e}); pass a 'label_id,label_name' CSV or the "
+            "dataset's vocabulary.csv"
+        ) from None
     return parse_label_names(text, source=path)

@@ -227,21 +227,3 @@ def read_query_embedding(path: str, video_id: str) -> np.ndarray:
     raise RetrievalInputError(
         f"unknown query id {video_id!r}: not in {path}; pass an id from that file's `id` column"
     )
-
-
-def read_label_names(path: str) -> dict[int, str]:
-    """`label_id -> label_name` from a `label_id,label_name` CSV (header row; blank names allowed).
-
-    The parsing is `nextvlad.yt8m.parse_label_names`; this reads through Beam's filesystems (gs://).
-
-    Raises:
-        RetrievalInputError: the file lacks those columns or a label id is not an integer.
-    """
-    with FileSystems.open(path) as handle:
-        text = handle.read().decode("utf-8")
-    from nextvlad.yt8m import parse_label_names  # imports TensorFlow: only when names are asked for
-
-    try:
-        return parse_label_names(text, source=path)
-    except ValueError as error:
-        raise RetrievalInputError(str(error)) from None

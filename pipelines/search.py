@@ -48,10 +48,10 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 
+from nextvlad.records import read_label_names  # noqa: E402
 from pipelines.embeddings_io import (  # noqa: E402
     RetrievalInputError,
     import_tensorflow_transform,
-    read_label_names,
     read_query_embedding,
     read_table,
 )
@@ -747,7 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         _run(args)
-    except RetrievalInputError as error:
+    except (RetrievalInputError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -31,7 +31,6 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -409,20 +408,6 @@ def compute_evaluation(predictions: np.ndarray, labels: np.ndarray, *, top_k: in
 # --------------------------------------------------------------------------------------------------
 
 
-def read_label_names(path: str) -> dict[int, str]:
-    """Class names from a `label_id,label_name` CSV or the dataset's `vocabulary.csv` (local or gs://).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the header has neither layout, or an id is not an integer.
-    """
-    if "://" not in path and not os.path.exists(path):
-        raise FileNotFoundError(
-            f"No label names file at {path!r}; pass a CSV with a label_id,label_name header"
-        )
-    return records.read_label_names(path)
-
-
 def write_per_class_csv(
     path: str, evaluation: Evaluation, *, label_names: dict[int, str] | None = None
 ) -> None:
@@ -650,7 +635,7 @@ def evaluate(
     if input_format not in (None, "frame", "video"):
         raise ValueError(f"input_format must be 'frame' or 'video', got {input_format!r}")
     start = time.perf_counter()
-    names = read_label_names(label_names) if label_names else None
+    names = records.read_label_names(label_names) if label_names else None
     model, info = load_serving_model(model_path)
     model_format = info.input_format
     if input_format is not None and input_format != model_format:

@@ -265,24 +265,25 @@ def _path(model_dir: str, *names: str) -> str:
 
 
 def _read_label_names(path: str, num_classes: int) -> str:
-    """Validates a label names CSV (`label_id,label_name` or `vocabulary.csv`) and returns its text."""
-    from nextvlad.records import parse_label_names, read_text
+    """Validates a label names CSV (`label_id,label_name` or the dataset's `vocabulary.csv`) and returns
+    it as a `label_id,label_name` CSV, the form the model_dir keeps."""
+    import csv
+    import io
 
-    try:
-        text = read_text(path)
-    except OSError:
-        raise FileNotFoundError(f"--label_names: {path} does not exist or cannot be read") from None
-    try:
-        names = parse_label_names(text, source=f"--label_names {path}")
-    except ValueError as e:
-        raise ValueError(str(e)) from None
+    from nextvlad.records import read_label_names
+
+    names = read_label_names(path)  # raises with the file's name and the accepted formats
     bad = sorted(i for i in names if not 0 <= i < num_classes)
     if bad:
         raise ValueError(
             f"--label_names: {path} names label ids {bad[:5]} outside [0, {num_classes}); "
             "is it the vocabulary of this data (check --num_classes)?"
         )
-    return text
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["label_id", "label_name"])
+    writer.writerows(sorted(names.items()))
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -383,7 +383,7 @@ def test_not_a_nextvlad_serving_model(tmp_path, video_case):
 
 
 def test_real_label_names(shared_data):
-    names = ev.read_label_names(str(shared_data / "label_names_2018.csv"))
+    names = records.read_label_names(str(shared_data / "label_names_2018.csv"))
     assert len(names) == 3862 and set(names) == set(range(3862))
     assert names[0] == "Game"
     assert sum(1 for n in names.values() if not n) == 56
