@@ -15,6 +15,8 @@ INSTALL_REQUIRES = [
     "faiss-cpu",
     "matplotlib",
     "tqdm",
+    # Video decoding for pipelines.extract: its wheels carry FFmpeg (H.264, VP9, AAC, Opus, ...).
+    "av==18.1.*",
 ]
 
 EXTRAS_REQUIRE = {
@@ -31,7 +33,12 @@ EXTRAS_REQUIRE = {
         "duckdb-extension-spatial==1.5.5",
         "duckdb-extension-avro==1.5.5",
         "testcontainers",
+        "keras-hub==0.32.*",
+        # The FFmpeg command-line binary, the reference the extraction benchmark and tests compare against.
+        "imageio-ffmpeg==0.8.*",
     ],
+    # keras-hub image backbones by preset name for pipelines.extract --backbone.
+    "hub": ["keras-hub==0.32.*"],
     # GPU training/serving with TensorFlow (Dataflow worker image, Vertex AI).
     "gpu": ["tensorflow[and-cuda]==2.21.*"],
 }

@@ -135,6 +135,14 @@ class IndexConfig:
     num_shards: int = 0  # vectors-*.parquet shards; 0 lets the runner decide
 
 
+def pca_projection(x: tf.Tensor, *, dim: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """tft analyzers for a corpus PCA: the mean μ [E], the top-`dim` principal directions V [E, dim]
+    (decreasing variance) and the projections `(x − μ) V` [B, dim] of float64 `x` [B, E]."""
+    mean = tft.mean(x, reduce_instance_dims=False, name="embedding_mean")  # [E]
+    components = tft.pca(x, output_dim=dim, dtype=tf.float64, name="pca")  # [E, dim]
+    return mean, components, tf.matmul(x - mean, components)
+
+
 def make_preprocessing_fn(
     *, dim: int, transform: str = DEFAULT_TRANSFORM, epsilon: float = 1e-6, keep_projected: bool = False
 ) -> Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]:
@@ -162,11 +170,7 @@ def make_preprocessing_fn(
         if transform == "raw":
             projected = x  # [B, E]
         else:
-            mean = tft.mean(x, reduce_instance_dims=False, name="embedding_mean")  # [E]
-            components = tft.pca(
-                x, output_dim=dim, dtype=tf.float64, name="pca"
-            )  # [E, dim], decreasing variance
-            projected = tf.matmul(x - mean, components)  # [B, dim]
+            _, _, projected = pca_projection(x, dim=dim)  # [B, dim]
         if transform == "whiten":
             # The variance along an eigenvector is its eigenvalue; tft.pca does not return those, so a
             # second pass measures them on the projections.

@@ -59,11 +59,13 @@ def _is_local(output: str) -> bool:
     return FileSystems.get_scheme(output) in (None, "file")
 
 
-def find_existing(output: str) -> ExistingOutput:
+def find_existing(output: str, *, families: tuple[tuple[str, str], ...] = FAMILIES) -> ExistingOutput:
     """Lists what earlier runs left under `output`.
 
     Args:
         output: the output prefix (local or `gs://`), as passed to `--output`.
+        families: (infix, suffix) of each family of files a run writes, the readers' family first (another
+            pipeline's, e.g. `(("", ".tfrecord"), ("-errors", ".jsonl"))` for extracted features).
 
     Returns:
         The earlier runs' finalised shards, the temporary files of killed runs, and unrelated files
@@ -71,14 +73,15 @@ def find_existing(output: str) -> ExistingOutput:
     """
     directory, name = FileSystems.split(output)
     shards: set[str] = set()
-    for infix, suffix in FAMILIES:
+    for infix, suffix in families:
         shard = re.compile(re.escape(name + infix) + _SHARD + re.escape(suffix))
         shards.update(p for p in _paths(f"{output}{infix}-*-of-*{suffix}") if shard.fullmatch(_basename(p)))
-    foreign = set(_paths(f"{output}-*.parquet")) - shards
+    foreign = set(_paths(f"{output}-*{families[0][1]}")) - shards
 
     probe = re.compile(re.escape(name) + r"-write-check-[0-9a-f]{32}\.tmp")
     probes = {p for p in _paths(f"{output}-write-check-*.tmp") if probe.fullmatch(_basename(p))}
-    temp_folder = re.compile(r"beam-temp-" + re.escape(name) + r"(-errors|_segments)?-[0-9a-f]{32}")
+    infixes = "|".join(re.escape(infix) for infix, _ in families if infix)
+    temp_folder = re.compile(r"beam-temp-" + re.escape(name) + rf"({infixes})?-[0-9a-f]{{32}}")
     folders: set[str] = set()
     # Object stores have no folders: a temp folder is known by the files in it.
     for path in _paths(FileSystems.join(directory, f"beam-temp-{name}*/*")):

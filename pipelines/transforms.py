@@ -79,7 +79,7 @@ def _corrupt_file_error(path: str, byte_offset: int, problem: str, data: bytes |
 
 def dead_letter(
     source_file: str,
-    byte_offset: int,
+    byte_offset: int | None,
     reason: str,
     message: str,
     *,
@@ -90,7 +90,7 @@ def dead_letter(
 
     Args:
         source_file: the file the record came from.
-        byte_offset: where the record starts in that file.
+        byte_offset: where the record starts in that file (None for a whole file, e.g. a video).
         reason: short slug for counting (`InvalidRecordError.reason` or `corrupt_file`).
         message: human-readable explanation.
         video_id: the record's id when it could be read.
