@@ -20,7 +20,7 @@ INPUT_FORMATS = ("frame", "video")
 class ModelConfig:
     """Every hyper-parameter of a NeXtVLAD-family model.
 
-    Parameter counts of the paper's presets are asserted by the test suite (see DESIGN.md).
+    Parameter counts of the paper's presets are asserted by the test suite (see docs/design.md, "Model").
     """
 
     # Input: frame-level SequenceExamples (`frame`) or video-level mean features (`video`).

@@ -1,6 +1,6 @@
 """YouTube-8M evaluation metrics: numpy references and streaming Keras metrics.
 
-The numpy functions are the reference definitions (DESIGN.md "Metrics"); they follow the YouTube-8M
+The numpy functions are the reference definitions (docs/design.md, "Metrics"); they follow the YouTube-8M
 evaluation code (`eval_util.py`, `average_precision_calculator.py`) with deterministic tie-breaking:
 
 - `gap`: global average precision of each video's top-k predictions, pooled over all videos.
@@ -183,7 +183,7 @@ def perr(predictions: Any, labels: Any) -> float:
     """Precision at equal recall rate: for a video with L labels, the precision of its top-L.
 
     Averaged over videos with at least one label (unlabeled videos have no defined PERR and are
-    skipped, per DESIGN.md; the original YouTube-8M script divides by all videos instead).
+    skipped, per docs/design.md; the original YouTube-8M script divides by all videos instead).
     Ties inside the top-L go to the lower class id.
 
     Args:

@@ -209,5 +209,5 @@ def serving_model(model: keras.Model) -> keras.Model:
 
 
 def count_trainable_parameters(model: keras.Model) -> int:
-    """Weights, biases and BatchNorm γ/β; no moving statistics (the DESIGN.md convention)."""
+    """Weights, biases and BatchNorm γ/β; no moving statistics (the convention of docs/design.md, "Model")."""
     return int(sum(int(ops.size(w)) for w in model.trainable_weights))

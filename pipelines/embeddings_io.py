@@ -1,6 +1,6 @@
 """Reading the scoring pipeline's Parquet output (embeddings) for the retrieval index and search.
 
-The input contract is DESIGN.md's "Score output": one row per video with `id` (string), `labels`
+The input contract is docs/design.md's "Score output": one row per video with `id` (string), `labels`
 (list<int32>) and `embedding` (a fixed-length list of float32: Arrow `fixed_size_list<float>[E]` or a
 plain `list<float>` whose rows all have the same length). Paths may be local or `gs://`: everything
 goes through Beam's `FileSystems`.
@@ -49,7 +49,7 @@ def import_tensorflow_transform() -> Any:
     """`tensorflow_transform`, imported without its warning about TF_USE_LEGACY_KERAS.
 
     The retrieval modules set TF_USE_LEGACY_KERAS=0 before importing TensorFlow so that tft does not
-    switch the process to Keras 2 (DESIGN.md); tft warns about that choice on import, and its own
+    switch the process to Keras 2 (docs/design.md, "Known traps of this stack"); tft warns about that choice on import, and its own
     Keras layer uses the `tf_keras` package either way.
     """
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 
 # tensorflow_transform (imported lazily by `transform_embeddings`) switches tf.keras to Keras 2 unless
-# this is set before TensorFlow is first imported (DESIGN.md, known traps).
+# this is set before TensorFlow is first imported (docs/design.md, "Known traps of this stack").
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")
 
 import argparse  # noqa: E402

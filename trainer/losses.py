@@ -2,7 +2,7 @@
 
 - Single model: binary cross-entropy summed over classes, averaged over the batch (the YouTube-8M
   `CrossEntropyLoss`, computed from logits for numerical stability).
-- Mixture of M branches with on-the-fly knowledge distillation (paper §4.3, DESIGN.md):
+- Mixture of M branches with on-the-fly knowledge distillation (paper §4.3, docs/design.md "Model"):
 
       loss = CE(mixture) + Σ_m CE(branch m)
              + λ_KD · Σ_m KL(softmax(logit / T) ‖ softmax(logit_m / T))

@@ -10,7 +10,7 @@ model and corpus for end-to-end runs. A test module registers the fixtures with
 Tests skip when the emulator packages are missing, and fail with the emulator's log when it does not
 start within 30 s.
 
-What it takes for Beam to talk to them (DESIGN.md, "Real local stand-ins for the cloud parts"):
+What it takes for Beam to talk to them (docs/design.md, "Known traps of this stack"):
 - GCS: `STORAGE_EMULATOR_HOST` (honoured by google-cloud-storage, which Beam's `gs://` IO uses),
   `NO_GCE_CHECK=True` and a project id.
 - Beam looks up Google credentials once per process before its first `gs://` access and, finding

@@ -1,4 +1,4 @@
-"""Scored Parquet files in the scoring pipeline's output format (DESIGN.md "Score output"), for tests.
+"""Scored Parquet files in the scoring pipeline's output format (docs/design.md, "Score output"), for tests.
 
 Written directly with pyarrow so the retrieval tests do not depend on a trained model or the scoring
 pipeline.

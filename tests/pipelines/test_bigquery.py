@@ -21,7 +21,7 @@ from pipelines.bigquery import (
 
 pytest_plugins = ["emulators"]
 
-# DESIGN.md "Score output (contract)", BigQuery column; INTEGER and FLOAT are the API's names for
+# docs/design.md "Score output", BigQuery column; INTEGER and FLOAT are the API's names for
 # INT64 and FLOAT64, and ARRAY<T> is a REPEATED field of T.
 CONTRACT = {
     "id": ("STRING", "REQUIRED"),

@@ -127,7 +127,7 @@ def test_output_is_readable_with_duckdb_pandas_and_pyarrow(single_run):
     files = sorted(Path(output).parent.glob("scores-*-of-*.parquet"))
     assert files and all(f.name.endswith(f"-of-{len(files):05d}.parquet") for f in files)
 
-    # The DESIGN.md output contract, with the embedding as a fixed-size list.
+    # The output contract of docs/design.md, with the embedding as a fixed-size list.
     schema = pq.read_schema(files[0])
     assert {field.name: field.type for field in schema} == {
         "id": pa.string(),
