@@ -32,7 +32,8 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")  # this process runs tensorflow-transform (docs/design.md, "Known traps of this stack")
+# This process runs tensorflow-transform (docs/design.md, "Known traps of this stack").
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402

@@ -1,6 +1,6 @@
 """BigQuery sink for the scoring pipeline: the table schema, table-spec checks and the write transform.
 
-The schema is the score output contract of docs/design.md ("Score output") (one row per video); the same schema ships as
+The schema is the "Score output" contract of docs/design.md (one row per video); the same schema ships as
 `deploy/bigquery_schema.json` for `bq mk --table PROJECT:DATASET.TABLE deploy/bigquery_schema.json`,
 and a test keeps the two equal.
 

@@ -49,7 +49,8 @@ def import_tensorflow_transform() -> Any:
     """`tensorflow_transform`, imported without its warning about TF_USE_LEGACY_KERAS.
 
     The retrieval modules set TF_USE_LEGACY_KERAS=0 before importing TensorFlow so that tft does not
-    switch the process to Keras 2 (docs/design.md, "Known traps of this stack"); tft warns about that choice on import, and its own
+    switch the process to Keras 2 (docs/design.md, "Known traps of this stack"); tft warns about that
+    choice on import, and its own
     Keras layer uses the `tf_keras` package either way.
     """
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")

@@ -39,7 +39,8 @@ from __future__ import annotations
 import os
 
 # tensorflow_transform sets TF_USE_LEGACY_KERAS=1 on import when it is unset, which turns tf.keras into
-# Keras 2 for the whole process (and its children) and breaks Keras 3 model loading (docs/design.md, "Known traps of this stack"). It
+# Keras 2 for the whole process (and its children) and breaks Keras 3 model loading (docs/design.md,
+# "Known traps of this stack"). It
 # must be decided before TensorFlow is first imported; tft's own Keras layer uses the tf_keras package
 # either way.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")

@@ -1,7 +1,8 @@
 """Parquet output of the scoring pipeline: `{output}-SSSSS-of-NNNNN.parquet` with an explicit schema.
 
-The schema is the "Score output" contract of docs/design.md; the embedding is a fixed-size list so that readers
-know its length without looking at the data (DuckDB sees `FLOAT[E]`, pandas a numpy array per row):
+The schema is the "Score output" contract of docs/design.md; the embedding is a fixed-size list so
+that readers know its length without looking at the data (DuckDB sees `FLOAT[E]`, pandas a numpy
+array per row):
 
 | column | type |
 | --- | --- |

@@ -6,7 +6,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-# tensorflow_transform flips this to 1 on import, which breaks Keras 3 model loading (docs/design.md, "Known traps of this stack").
+# tensorflow_transform flips this to 1 on import, which breaks Keras 3 model loading (docs/design.md,
+# "Known traps of this stack").
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")
 
 import pytest  # noqa: E402

@@ -49,7 +49,8 @@ def test_masked_mean_ignores_padding():
 
 
 def _nextvlad_reference(layer: NeXtVLAD, frames: np.ndarray, num_frames: int) -> np.ndarray:
-    """The six steps of docs/design.md ("Model") in plain numpy, one video, inference mode, from the layer's weights."""
+    """The six steps of docs/design.md ("Model") in plain numpy, one video, inference mode, from the
+    layer's weights."""
     x = frames[:num_frames]  # only real frames
     k, g, d = layer.cluster_size, layer.groups, layer.group_size
     xp = x @ np.array(layer.expand.kernel) + np.array(layer.expand.bias)  # [T, λN]

@@ -324,7 +324,8 @@ def test_embedding_length_differing_between_rows_is_a_clear_error(tmp_path):
 
 
 def test_importing_the_index_job_keeps_keras_3_model_loading(tmp_path):
-    """tensorflow_transform would set TF_USE_LEGACY_KERAS=1 and turn tf.keras into Keras 2 (docs/design.md, "Known traps of this stack")."""
+    """tensorflow_transform would set TF_USE_LEGACY_KERAS=1 and turn tf.keras into Keras 2
+    (docs/design.md, "Known traps of this stack")."""
     script = textwrap.dedent(
         f"""
         import os
