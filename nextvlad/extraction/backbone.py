@@ -174,7 +174,8 @@ def _inception_v3(keras: Any, spec: BackboneSpec) -> Any:
     except Exception as e:
         if spec.weights != "imagenet":
             raise BackboneError(f"cannot load Inception-v3 weights from {spec.weights!r}: {e}") from None
-        cache = os.path.join(keras.config.keras_home(), "models", WEIGHTS_FILE)
+        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+        cache = os.path.join(home, "models", WEIGHTS_FILE)
         raise BackboneError(
             f"cannot get Inception-v3's ImageNet weights ({type(e).__name__}: {e}). Keras downloads them on "
             f"first use and caches them at {cache}; this machine may be offline. Copy that file there (or "

@@ -243,7 +243,16 @@ def decode_video(
     head = _read_head(source, name)
     container = _open(source, name, head)
     try:
-        return _decode(container, name, image_size, max_frames, with_audio, skip_unshown, threads)
+        return _decode(
+            container,
+            name,
+            image_size,
+            max_frames,
+            with_audio,
+            skip_unshown,
+            threads,
+            _looks_like_video(head),
+        )
     except av.error.FFmpegError as e:
         raise VideoDecodeError(f"{name}: decoding failed part-way ({e})", reason="decode_error") from None
     finally:
@@ -258,9 +267,16 @@ def _decode(
     with_audio: bool,
     skip_unshown: bool,
     threads: int,
+    looks_like_video: bool,
 ) -> DecodedVideo:
+    if not container.streams:
+        # An mp4 cut before its index (PyAV and many tools write it at the end) opens with no streams.
+        raise VideoDecodeError(
+            f"{name}: the container lists no streams at all; the file is truncated or damaged",
+            reason="truncated" if looks_like_video else "not_a_video",
+        )
     if not container.streams.video:
-        kinds = ", ".join(s.type for s in container.streams) or "no streams at all"
+        kinds = ", ".join(s.type for s in container.streams)
         raise VideoDecodeError(
             f"{name}: the container has no video stream ({kinds})", reason="no_video_stream"
         )
