@@ -16,7 +16,10 @@ import dataclasses
 import os
 import tempfile
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from nextvlad import records
 
@@ -182,6 +185,34 @@ def inspect_model(model: str) -> ModelInfo:
         return describe_model(keras_model, path)
     finally:
         del keras_model
+
+
+def pad_batch(examples: Sequence[Mapping[str, Any]], input_format: str) -> dict[str, np.ndarray]:
+    """Stacks parsed videos into a serving model's inputs, padding frames only to the batch's longest video.
+
+    Args:
+        examples: parsed records (`nextvlad.records.parse_frame_example` / `parse_video_example` dicts).
+        input_format: "frame" or "video".
+
+    Returns:
+        Frame level: `rgb` uint8 [B, T, 1024], `audio` uint8 [B, T, 128] (as stored, zeros after each video's
+        frames), `num_frames` int32 [B], with T the longest video of the batch. Video level: `mean_rgb`
+        float32 [B, 1024], `mean_audio` float32 [B, 128].
+    """
+    if input_format == "video":
+        return {
+            name: np.stack([e[name] for e in examples]).astype(np.float32, copy=False)
+            for name in VIDEO_INPUTS
+        }
+    num_frames = np.array([e["num_frames"] for e in examples], dtype=np.int32)  # [B]
+    longest = int(num_frames.max())
+    batch: dict[str, np.ndarray] = {"num_frames": num_frames}
+    for name, size in FRAME_INPUTS.items():
+        padded = np.zeros((len(examples), longest, size), dtype=np.uint8)  # [B, T, size]
+        for i, example in enumerate(examples):
+            padded[i, : num_frames[i]] = example[name]
+        batch[name] = padded
+    return batch
 
 
 def check_first_record(serialized: bytes, info: ModelInfo, *, source: str) -> str | None:

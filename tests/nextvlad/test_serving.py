@@ -19,6 +19,7 @@ from nextvlad.serving import InvalidModelError, inspect_model
 from nextvlad.synthetic import generate_corpus
 from pipelines import score
 from trainer import evaluate as ev
+from trainer import evaluation
 from trainer import train as tr
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ def test_a_reverse_whitened_model_is_evaluated_and_scored_with_no_extra_flag(
 
     # trainer.evaluate: no --pca_eigenvals and no --max_frames exist to forget.
     loaded, info = ev.load_serving_model(str(whitened_model))
-    got = ev.predict_dataset(loaded, corpus["eval"], input_format="frame", max_frames=info.max_frames)
+    got = evaluation.predict_records(loaded, info, corpus["eval"], progress=False)
     assert sorted(got.ids) == sorted(expected)
     for video_id, row in zip(got.ids, got.scores, strict=True):
         np.testing.assert_allclose(row, expected[video_id], atol=1e-5)

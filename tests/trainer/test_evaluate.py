@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from nextvlad import ModelConfig, build_model, metrics, records, serving_model, yt8m
 from trainer import evaluate as ev
+from trainer import evaluation
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(num_classes=7, cluster_size=4, groups=2, hidden_size=16, gating_reduction=4)
@@ -231,12 +232,12 @@ def test_evaluate_video_level_with_submission(video_case, tmp_path):
         assert tokens[1] == "%g" % scores[top[0]]  # noqa: UP031 (the challenge's format)
 
 
-def test_predict_dataset_streams_the_same_scores_as_model_predict(frame_case):
+def test_predict_records_streams_the_same_scores_as_model_predict(frame_case):
     model, info = ev.load_serving_model(str(frame_case["root"] / "model"))
     assert info.input_format == "frame"
     # Batches of 5 (the last one short) of videos padded to different lengths: padding must not
     # change any score. The reader interleaves the two files, so match rows by id.
-    got = ev.predict_dataset(model, frame_case["pattern"], input_format="frame", batch_size=5, progress=False)
+    got = evaluation.predict_records(model, info, frame_case["pattern"], batch_size=5, progress=False)
     assert sorted(got.ids) == frame_case["ids"]
     order = [frame_case["ids"].index(i) for i in got.ids]
     np.testing.assert_array_equal(got.labels, frame_case["labels"][order])
@@ -260,10 +261,10 @@ def test_records_of_the_2017_layout_are_evaluated_like_the_2018_layout(frame_cas
     pattern = str(tmp_path / "old.tfrecord")
     yt8m.write_tfrecords(pattern, renamed)
     with caplog.at_level(logging.INFO):
-        ev.check_records(pattern, info)
+        ev._log_record_layout(pattern, info)
         check_records([pattern], flag="--train_data", input_format="frame", num_classes=7, max_frames=300)
     assert caplog.text.count("2017 layout (id in 'video_id')") == 2
-    got = ev.predict_dataset(model, pattern, input_format="frame", batch_size=5, progress=False)
+    got = evaluation.predict_records(model, info, pattern, batch_size=5, progress=False)
     assert sorted(got.ids) == frame_case["ids"]
     order = [frame_case["ids"].index(i) for i in got.ids]
     np.testing.assert_allclose(got.scores, frame_case["scores"][order], rtol=1e-5, atol=1e-6)
@@ -278,7 +279,7 @@ def test_gap_curve_by_hand():
     # Pooled top-2: 0.9 (hit), 0.8 (miss), 0.7 (hit), 0.1 (miss); 3 positives in total.
     predictions = np.array([[0.9, 0.8, 0.0], [0.1, 0.0, 0.7]])
     labels = np.array([[1, 0, 1], [0, 0, 1]])
-    precision, recall, thresholds = ev.gap_curve(predictions, labels, top_k=2)
+    precision, recall, thresholds = evaluation.gap_curve(predictions, labels, top_k=2)
     np.testing.assert_allclose(thresholds, [0.9, 0.8, 0.7, 0.1])
     np.testing.assert_allclose(precision, [1, 1 / 2, 2 / 3, 2 / 4])
     np.testing.assert_allclose(recall, [1 / 3, 1 / 3, 2 / 3, 2 / 3])
@@ -290,7 +291,7 @@ def test_gap_curve_area_is_gap():
     rng = np.random.default_rng(3)
     predictions = rng.random((60, 40)).round(2)  # rounding makes ties, which must be ranked like gap's
     labels = rng.random((60, 40)) < 0.08
-    precision, recall, _ = ev.gap_curve(predictions, labels, top_k=5)
+    precision, recall, _ = evaluation.gap_curve(predictions, labels, top_k=5)
     assert precision.shape == (300,)
     area = np.sum(precision * np.diff(recall, prepend=0.0))
     assert area == pytest.approx(metrics.gap(predictions, labels, top_k=5), abs=1e-12)
@@ -298,13 +299,13 @@ def test_gap_curve_area_is_gap():
 
 def test_blockwise_metrics_equal_the_library_on_whole_arrays(monkeypatch):
     # Small blocks so that 50 videos span several row blocks.
-    monkeypatch.setattr(ev, "_ROW_BLOCK", 7)
+    monkeypatch.setattr(evaluation, "_ROW_BLOCK", 7)
     rng = np.random.default_rng(5)
     predictions = rng.random((50, 23)).round(1).astype("float32")  # many ties
     labels = rng.random((50, 23)) < 0.1
     labels[:6] = False  # unlabeled videos count for Hit@1, not for PERR
     labels[:, 3] = False  # a class without positives
-    got = ev.compute_evaluation(predictions, labels, top_k=5)
+    got = evaluation.compute_evaluation(predictions, labels, top_k=5)
     expected = _expected_metrics(predictions, labels, top_k=5)
     for key, value in expected.items():
         assert got.metrics[key] == pytest.approx(value, abs=1e-12), key
