@@ -1,0 +1,254 @@
+"""`python -m pipelines.extract` end to end on clips made here: records, dead letters, labels, PCA fitting.
+
+The backbone is a tiny Keras model whose first 16 features are the brightness of a 4 x 4 block grid, and
+the PCA an identity, so a record's rgb bytes show which source frame each second came from.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from extraction_helpers import block_codes, identity_pca, tiny_backbone
+
+from nextvlad.extraction.clips import write_clip
+from nextvlad.records import iter_tfrecords, parse_frame_example
+from pipelines import extract
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("assets")
+    return {"backbone": str(tiny_backbone(folder / "tiny.keras")), "pca": str(identity_pca(folder / "pca"))}
+
+
+def _good_videos(folder):
+    write_clip(str(folder / "tone.mp4"), duration=7.5, fps=2, tone_hz=440)  # 8 frames, audio
+    write_clip(str(folder / "quiet.webm"), duration=3.0, fps=2)  # 3 frames, no audio
+    write_clip(str(folder / "blink.mp4"), duration=0.4, fps=5)  # 1 frame
+    write_clip(str(folder / "vfr.mp4"), frame_times=[0.0, 0.3, 1.6, 2.5], fps=4)  # ends at 2.75: 3 frames
+    return {"tone": list(range(8)), "quiet": [0, 1, 2], "blink": [0], "vfr": [0, 0, 1]}
+
+
+def _bad_videos(folder):
+    import av
+
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "notes.mp4").write_text("meeting notes, not a video\n" * 20)
+    write_clip(str(folder / "whole.mp4"), duration=4.0, fps=2)
+    data = (folder / "whole.mp4").read_bytes()
+    (folder / "whole.mp4").unlink()
+    (folder / "cut.mp4").write_bytes(data[: len(data) // 2])
+    with av.open(str(folder / "voice.mp4"), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="flt", layout="mono")
+        frame.sample_rate = 16000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    write_clip(str(folder / "tone.webm"), duration=1.0, fps=2)  # same stem as tone.mp4: a duplicate id
+    return {
+        "empty": "empty_file",
+        "notes": "not_a_video",
+        "cut": "truncated",
+        "voice": "no_video_stream",
+        "tone": "duplicate_id",
+    }
+
+
+def _records(output):
+    out = {}
+    for path in sorted(output.parent.glob(output.name + "-*-of-*.tfrecord")):
+        for record in iter_tfrecords(str(path)):
+            example = parse_frame_example(record, num_classes=None)
+            out[example["id"]] = example
+    return out
+
+
+def _dead_letters(output):
+    lines = []
+    for path in output.parent.glob(output.name + "-errors-*.jsonl"):
+        lines += [json.loads(line) for line in path.read_text().splitlines() if line]
+    return lines
+
+
+@pytest.fixture(scope="module")
+def mixed_run(assets, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mixed")
+    videos = folder / "videos"
+    videos.mkdir()
+    expected = _good_videos(videos)
+    reasons = _bad_videos(videos)
+    labels = folder / "labels.csv"
+    labels.write_text("path_or_stem,label_ids,id\ntone.mp4,3 7,\nquiet,5,quiet-video\n")
+    output = folder / "out" / "part"
+    summary = extract.run(
+        [
+            f"--input={videos}/*",
+            f"--output={output}",
+            f"--backbone={assets['backbone']}",
+            f"--pca_dir={assets['pca']}",
+            f"--labels={labels}",
+            "--num_shards=2",
+        ]
+    )
+    return {"summary": summary, "output": output, "expected": expected, "reasons": reasons, "videos": videos}
+
+
+def test_each_second_comes_from_the_frame_shown_then(mixed_run):
+    records = _records(mixed_run["output"])
+    expected = dict(mixed_run["expected"])
+    expected["quiet-video"] = expected.pop("quiet")  # the labels CSV renames it
+    assert set(records) == set(expected)
+    for video_id, codes in expected.items():
+        example = records[video_id]
+        assert example["num_frames"] == len(codes), video_id
+        assert block_codes(example["rgb"]) == codes, video_id
+        assert example["rgb"].shape == (len(codes), 1024) and example["audio"].shape == (len(codes), 128)
+        np.testing.assert_array_equal(
+            example["audio"], 0
+        )  # no VGGish given: zeros, as the dataset's extractor
+
+
+def test_labels_and_ids_come_from_the_csv_or_the_file_stem(mixed_run):
+    records = _records(mixed_run["output"])
+    assert records["tone"]["labels"] == [3, 7]
+    assert records["quiet-video"]["labels"] == [5]
+    assert records["blink"]["labels"] == []
+
+
+def test_every_bad_input_is_a_dead_letter_with_its_reason_and_nothing_is_lost(mixed_run):
+    letters = _dead_letters(mixed_run["output"])
+    by_stem = {letter["source_file"].rsplit("/", 1)[-1].rsplit(".", 1)[0]: letter for letter in letters}
+    assert {stem: letter["reason"] for stem, letter in by_stem.items()} == mixed_run["reasons"]
+    assert by_stem["tone"]["source_file"].endswith("tone.webm")  # tone.mp4 sorts first and keeps the id
+    assert "already taken by" in by_stem["tone"]["message"]
+    summary = mixed_run["summary"]
+    files = len(list(mixed_run["videos"].iterdir()))
+    assert summary.files_matched == files
+    assert summary.videos_extracted + summary.num_dead_letters == files
+    assert summary.videos_extracted == len(_records(mixed_run["output"])) == 4
+    assert summary.frames == 15 and summary.without_audio == 3
+    assert summary.dead_letters == {reason: 1 for reason in mixed_run["reasons"].values()}
+    line = summary.line()
+    assert "Extracted 4 of 9 videos (15 frames" in line and "truncated 1" in line
+
+
+def test_metadata_records_the_backbone_pca_and_audio(mixed_run, assets):
+    metadata = json.loads((mixed_run["output"].parent / "part-metadata.json").read_text())
+    assert metadata["backbone"] == assets["backbone"]
+    assert metadata["pca_dir"] == assets["pca"]
+    assert metadata["audio"].startswith("zeros")
+    assert metadata["videos_extracted"] == 4 and metadata["feature_dim"] == 2048
+
+
+def test_an_earlier_run_is_refused_until_overwrite(mixed_run, assets, tmp_path):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_clip(str(videos / "one.mp4"), duration=2.0, fps=2)
+    output = tmp_path / "out" / "part"
+    args = [
+        f"--input={videos}/*",
+        f"--output={output}",
+        f"--backbone={assets['backbone']}",
+        f"--pca_dir={assets['pca']}",
+    ]
+    extract.run(args)
+    with pytest.raises(extract.ExtractSetupError, match="--overwrite"):
+        extract.run(args)
+    write_clip(str(videos / "two.mp4"), duration=2.0, fps=2)
+    summary = extract.run([*args, "--overwrite", "--num_shards=1"])
+    assert summary.videos_extracted == 2
+    assert len(list(output.parent.glob("part-*-of-*.tfrecord"))) == 1 and set(_records(output)) == {
+        "one",
+        "two",
+    }
+
+
+def test_fit_pca_then_pca_dir_reproduce_the_same_features(assets, tmp_path):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    for i in range(4):
+        write_clip(str(videos / f"clip{i}.mp4"), duration=3.0 + i, fps=2)
+    fitted = tmp_path / "fit" / "part"
+    summary = extract.run(
+        [f"--input={videos}/*", f"--output={fitted}", f"--backbone={assets['backbone']}", "--fit_pca=1000"]
+    )
+    assert summary.videos_extracted == 4
+    pca_dir = fitted.parent / "part-pca"
+    eigenvals = np.load(pca_dir / "eigenvals.npy").reshape(-1)
+    assert np.load(pca_dir / "eigenvecs.npy").shape == (1024, 2048)
+    # Reference: the covariance of every frame's features (all 3+4+5+6 = 18 frames: 250 per video allowed).
+    from nextvlad.extraction.backbone import Backbone, BackboneSpec
+    from nextvlad.extraction.decode import decode_video
+
+    backbone = Backbone(BackboneSpec(name=assets["backbone"]))
+    features = np.concatenate(
+        [
+            backbone.features(decode_video(str(p), image_size=(32, 32)).frames)
+            for p in sorted(videos.iterdir())
+        ]
+    ).astype(np.float64)
+    assert features.shape[0] == 18
+    reference = np.sort(np.linalg.eigvalsh(np.cov(features.T, bias=True)))[::-1]
+    np.testing.assert_allclose(eigenvals[:8], reference[:8], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(np.load(pca_dir / "mean.npy").reshape(-1), features.mean(0), atol=1e-5)
+
+    again = tmp_path / "again" / "part"
+    extract.run(
+        [
+            f"--input={videos}/*",
+            f"--output={again}",
+            f"--backbone={assets['backbone']}",
+            f"--pca_dir={pca_dir}",
+        ]
+    )
+    first, second = _records(fitted), _records(again)
+    assert set(first) == set(second) == {f"clip{i}" for i in range(4)}
+    for video_id in first:
+        np.testing.assert_array_equal(first[video_id]["rgb"], second[video_id]["rgb"])
+
+
+def test_setup_errors_name_the_value_and_the_fix(assets, tmp_path, capsys):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_clip(str(videos / "one.mp4"), duration=1.0, fps=2)
+    base = [f"--input={videos}/*", f"--output={tmp_path / 'o' / 'p'}", f"--backbone={assets['backbone']}"]
+    with pytest.raises(SystemExit):
+        extract.parse_known_args(base)  # neither --pca_dir nor --fit_pca
+    assert "--pca_dir" in capsys.readouterr().err
+    cases = [
+        ([f"--pca_dir={assets['pca']}", f"--vggish_checkpoint={tmp_path}/x.ckpt"], "go together"),
+        ([f"--pca_dir={tmp_path}"], "cannot read"),
+        ([f"--pca_dir={assets['pca']}", "--max_frames=0"], "--max_frames=0 must be >= 1"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(extract.ExtractSetupError, match=message):
+            extract.run([*base, *extra])
+    with pytest.raises(extract.ExtractSetupError, match="matches no files"):
+        extract.run([f"--input={tmp_path}/none/*.mp4", *base[1:], f"--pca_dir={assets['pca']}"])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("video,labels\na,1\n")
+    with pytest.raises(extract.ExtractSetupError, match="header 'path_or_stem,label_ids'"):
+        extract.run([*base, f"--pca_dir={assets['pca']}", f"--labels={labels}"])
+    labels.write_text("path_or_stem,label_ids\na,cat\n")
+    with pytest.raises(extract.ExtractSetupError, match="line 2: label_ids 'cat'"):
+        extract.run([*base, f"--pca_dir={assets['pca']}", f"--labels={labels}"])
+
+
+def test_the_cli_prints_the_summary_and_exits_2_on_setup_errors(assets, tmp_path, capsys):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_clip(str(videos / "one.webm"), duration=2.0, fps=2)
+    output = tmp_path / "o" / "p"
+    args = [
+        f"--input={videos}/*",
+        f"--output={output}",
+        f"--backbone={assets['backbone']}",
+        f"--pca_dir={assets['pca']}",
+    ]
+    assert extract.main(args) == 0
+    assert "Extracted 1 of 1 videos (2 frames" in capsys.readouterr().out
+    assert extract.main(args) == 2
+    assert "error: --output" in capsys.readouterr().err
+    shutil.rmtree(output.parent)
