@@ -8,6 +8,8 @@ evaluation code (`eval_util.py`, `average_precision_calculator.py`) with determi
 - `perr`: precision at equal recall rate, mean over videos that have at least one label.
 - `mean_average_precision` / `average_precision_per_class`: per-class average precision over each
   video's top-k predictions (the dataset's `top_k_by_class`), with every positive in the denominator.
+- `segment_mean_average_precision` / `segment_average_precision`: the 2019 segment task's mAP@100000
+  over human-rated 5-second segments.
 
 `GlobalAveragePrecision` and `HitAtOne` are streaming `keras.metrics.Metric`s written with
 `keras.ops` only, so they run inside `model.compile(metrics=[...])` on any Keras backend.
@@ -36,6 +38,8 @@ __all__ = [
     "hit_at_one",
     "mean_average_precision",
     "perr",
+    "segment_average_precision",
+    "segment_mean_average_precision",
     "top_k",
 ]
 
@@ -280,6 +284,78 @@ def mean_average_precision(predictions: Any, labels: Any, *, top_k: int | None =
         mAP in [0, 1]; 0.0 when no class has a positive.
     """
     ap = average_precision_per_class(predictions, labels, top_k=top_k)
+    valid = ap[~np.isnan(ap)]
+    return float(valid.mean()) if valid.size else 0.0
+
+
+SEGMENT_MAX_PREDICTIONS = 100_000  # segments a 2019 submission lists per class
+
+
+def segment_average_precision(
+    scores: Any,
+    rated_segments: Any,
+    rated_classes: Any,
+    ratings: Any,
+    *,
+    max_predictions: int = SEGMENT_MAX_PREDICTIONS,
+) -> np.ndarray:
+    """Per-class segment AP of the YouTube-8M 2019 segment task (`segment_eval_inference.py`).
+
+    For each class, every scored segment is ranked by its score for that class and the list is cut
+    after `max_predictions` (what a submission holds); segments not rated for that class are then
+    dropped, and the AP of what is left is `Σ precision at each positive rating / all positive ratings of
+    the class` (so a positive segment ranked below the cut lowers it). Ties keep segment order.
+
+    Args:
+        scores: float `[S, C]`: every scored segment's score for each class.
+        rated_segments: int `[R]`: the segment (row of `scores`) of each rating.
+        rated_classes: int `[R]`: the class (column of `scores`) of each rating.
+        ratings: `[R]` human ratings, 1 (present) or 0 (absent).
+        max_predictions: segments kept per class before rated ones are looked up (100,000).
+
+    Returns:
+        float64 `[C]`: AP per class; NaN for classes without a positive rating (left out of the mean).
+    """
+    scores = _check_predictions(scores)
+    segments = np.asarray(rated_segments, dtype=np.int64)
+    classes = np.asarray(rated_classes, dtype=np.int64)
+    positive = np.asarray(ratings, dtype=np.float64) > 0
+    if not (segments.shape == classes.shape == positive.shape) or segments.ndim != 1:
+        raise ValueError(
+            f"rated_segments {segments.shape}, rated_classes {classes.shape} and ratings {positive.shape} "
+            "must be 1-D arrays of the same length (one entry per rating)"
+        )
+    num_segments, num_classes = scores.shape
+    if segments.size and (segments.min() < 0 or segments.max() >= num_segments):
+        raise ValueError(f"rated_segments must index the {num_segments} rows of scores")
+    if classes.size and (classes.min() < 0 or classes.max() >= num_classes):
+        raise ValueError(f"rated_classes must index the {num_classes} columns of scores")
+    _check_k(max_predictions, "max_predictions")
+    ap = np.full(num_classes, np.nan)
+    for c in np.unique(classes[positive]):
+        mine = classes == c
+        rank = np.empty(num_segments, dtype=np.int64)
+        rank[np.argsort(-scores[:, c], kind="stable")] = np.arange(num_segments)  # 0 = best
+        kept = mine & (rank[segments] < max_predictions)
+        order = np.argsort(rank[segments[kept]], kind="stable")
+        hits = positive[kept][order]
+        ap[c] = _average_precision(hits, int(np.count_nonzero(positive & mine)))
+    return ap
+
+
+def segment_mean_average_precision(
+    scores: Any,
+    rated_segments: Any,
+    rated_classes: Any,
+    ratings: Any,
+    *,
+    max_predictions: int = SEGMENT_MAX_PREDICTIONS,
+) -> float:
+    """Segment mAP@`max_predictions` (the 2019 challenge metric): `segment_average_precision` averaged
+    over the classes with at least one positive rating; 0.0 when there is none."""
+    ap = segment_average_precision(
+        scores, rated_segments, rated_classes, ratings, max_predictions=max_predictions
+    )
     valid = ap[~np.isnan(ap)]
     return float(valid.mean()) if valid.size else 0.0
 

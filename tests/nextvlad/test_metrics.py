@@ -18,6 +18,8 @@ from nextvlad.metrics import (
     hit_at_one,
     mean_average_precision,
     perr,
+    segment_average_precision,
+    segment_mean_average_precision,
     top_k,
 )
 
@@ -360,3 +362,68 @@ def test_streaming_gap_runs_on_the_torch_backend():
     streamed, reference = map(float, done.stdout.split()[-2:])
     assert streamed == pytest.approx(GAP_ALL, abs=1e-6)
     assert reference == pytest.approx(GAP_ALL, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# Segment mAP (2019 task)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_segment_map_by_hand():
+    # 5 segments x 2 classes. Ratings: class 0 -> s0 positive, s2 negative, s4 positive; class 1 -> s1
+    # negative only (no positive: undefined, left out of the mean).
+    scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.95, 0.2], [0.5, 0.3], [0.4, 0.6]])
+    segments, classes, ratings = [0, 2, 4, 1], [0, 0, 0, 1], [1, 0, 1, 0]
+    # Class 0 ranks s2 .95, s0 .9, s1 .8, s3 .5, s4 .4; unrated s1, s3 are dropped -> s2 (0), s0 (1), s4 (1):
+    # AP = (1/2 + 2/3) / 2.
+    ap = segment_average_precision(scores, segments, classes, ratings)
+    np.testing.assert_allclose(ap, [(1 / 2 + 2 / 3) / 2, np.nan])
+    # Cut after 3 predictions per class: s4 (rank 5) falls out; its positive still counts: (1/2) / 2.
+    ap3 = segment_average_precision(scores, segments, classes, ratings, max_predictions=3)
+    np.testing.assert_allclose(ap3, [0.25, np.nan])
+    assert segment_mean_average_precision(scores, segments, classes, ratings, max_predictions=3) == 0.25
+
+
+def _starter_code_segment_map(scores, segments, classes, ratings, max_predictions):
+    """A transcription of the starter code's segment evaluation: per class, the submission's ranked list
+    (top `max_predictions` segments by score), filtered to the segments rated for the class, scored with
+    the ranks as predictions, AP over all positive ratings of the class; mean over classes with one."""
+    rated = {(s, c): r for s, c, r in zip(segments, classes, ratings, strict=True)}
+    positives = {}
+    for (_, c), r in rated.items():
+        if r > 0:
+            positives[c] = positives.get(c, 0) + 1
+    aps = []
+    for c in sorted(positives):
+        submitted = list(np.argsort(-scores[:, c], kind="stable")[:max_predictions])
+        kept = [s for s in submitted if (s, c) in rated]
+        hits, total = 0, 0.0
+        for rank, s in enumerate(kept, start=1):
+            if rated[(s, c)] > 0:
+                hits += 1
+                total += hits / rank
+        aps.append(total / positives[c])
+    return float(np.mean(aps))
+
+
+@pytest.mark.parametrize("max_predictions", [10_000, 40, 7])
+def test_segment_map_equals_the_starter_codes_algorithm(max_predictions):
+    rng = np.random.default_rng(max_predictions)
+    scores = rng.random((120, 9))
+    pairs = rng.choice(120 * 9, size=300, replace=False)
+    segments, classes = pairs // 9, pairs % 9
+    ratings = (rng.random(300) < 0.4).astype(np.float32)
+    got = segment_mean_average_precision(scores, segments, classes, ratings, max_predictions=max_predictions)
+    assert got == pytest.approx(
+        _starter_code_segment_map(scores, segments, classes, ratings, max_predictions), abs=1e-12
+    )
+
+
+def test_segment_map_rejects_ratings_that_do_not_fit_the_scores():
+    scores = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="same length"):
+        segment_average_precision(scores, [0, 1], [0], [1, 0])
+    with pytest.raises(ValueError, match="index the 3 rows"):
+        segment_average_precision(scores, [3], [0], [1])
+    with pytest.raises(ValueError, match="index the 2 columns"):
+        segment_average_precision(scores, [0], [2], [1])
