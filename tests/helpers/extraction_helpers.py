@@ -47,3 +47,38 @@ def identity_pca(directory: Path) -> Path:
 def block_codes(rgb_q: np.ndarray) -> list[int]:
     """The timestamp code each quantized frame shows (see `nextvlad.extraction.clips.timestamp_picture`)."""
     return [sum(1 << i for i in range(GRID * GRID) if row[i] > 127) for row in np.asarray(rgb_q)]
+
+
+# The release's variables: name -> shape (vggish_slim.py; conv kernels HWIO, dense kernels [in, out]).
+PUBLISHED = {
+    "vggish/conv1": (3, 3, 1, 64),
+    "vggish/conv2": (3, 3, 64, 128),
+    "vggish/conv3/conv3_1": (3, 3, 128, 256),
+    "vggish/conv3/conv3_2": (3, 3, 256, 256),
+    "vggish/conv4/conv4_1": (3, 3, 256, 512),
+    "vggish/conv4/conv4_2": (3, 3, 512, 512),
+    "vggish/fc1/fc1_1": (12288, 4096),
+    "vggish/fc1/fc1_2": (4096, 4096),
+    "vggish/fc2": (4096, 128),
+}
+
+
+def write_vggish_checkpoint(prefix, *, scopes=tuple(PUBLISHED)):
+    """A TensorFlow checkpoint with the published variable names and shapes, random values."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    values = {}
+    for scope in scopes:
+        shape = PUBLISHED[scope]
+        scale = np.float32(np.sqrt(2.0 / np.prod(shape[:-1])))
+        values[f"{scope}/weights"] = rng.standard_normal(shape, dtype=np.float32) * scale
+        values[f"{scope}/biases"] = rng.standard_normal(shape[-1:], dtype=np.float32) * scale * 0.1
+    names = sorted(values)
+    tf.raw_ops.SaveV2(
+        prefix=str(prefix),
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[values[n] for n in names],
+    )
+    return values

@@ -3,48 +3,15 @@ TF-slim graph computes; the PCA post-processor matches its definition."""
 
 import numpy as np
 import pytest
+from extraction_helpers import write_vggish_checkpoint
 
 from nextvlad.extraction.vggish import VGGishError, VGGishPCA, load_vggish
-
-# The release's variables: name -> shape (vggish_slim.py; conv kernels HWIO, dense kernels [in, out]).
-PUBLISHED = {
-    "vggish/conv1": (3, 3, 1, 64),
-    "vggish/conv2": (3, 3, 64, 128),
-    "vggish/conv3/conv3_1": (3, 3, 128, 256),
-    "vggish/conv3/conv3_2": (3, 3, 256, 256),
-    "vggish/conv4/conv4_1": (3, 3, 256, 512),
-    "vggish/conv4/conv4_2": (3, 3, 512, 512),
-    "vggish/fc1/fc1_1": (12288, 4096),
-    "vggish/fc1/fc1_2": (4096, 4096),
-    "vggish/fc2": (4096, 128),
-}
-
-
-def _write_checkpoint(prefix, *, scopes=tuple(PUBLISHED)):
-    """A TensorFlow checkpoint with the published variable names and shapes, random values."""
-    import tensorflow as tf
-
-    rng = np.random.default_rng(0)
-    values = {}
-    for scope in scopes:
-        shape = PUBLISHED[scope]
-        scale = np.float32(np.sqrt(2.0 / np.prod(shape[:-1])))
-        values[f"{scope}/weights"] = rng.standard_normal(shape, dtype=np.float32) * scale
-        values[f"{scope}/biases"] = rng.standard_normal(shape[-1:], dtype=np.float32) * scale * 0.1
-    names = sorted(values)
-    tf.raw_ops.SaveV2(
-        prefix=str(prefix),
-        tensor_names=names,
-        shape_and_slices=[""] * len(names),
-        tensors=[values[n] for n in names],
-    )
-    return values
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     prefix = tmp_path_factory.mktemp("vggish") / "vggish_model.ckpt"
-    return prefix, _write_checkpoint(prefix)
+    return prefix, write_vggish_checkpoint(prefix)
 
 
 def _slim_reference(values, patches):
@@ -74,7 +41,7 @@ def test_published_checkpoint_layout_loads_and_runs_like_the_slim_graph(checkpoi
 
 def test_a_checkpoint_missing_a_variable_is_refused(tmp_path):
     prefix = tmp_path / "partial.ckpt"
-    _write_checkpoint(prefix, scopes=("vggish/conv1",))
+    write_vggish_checkpoint(prefix, scopes=("vggish/conv1",))
     with pytest.raises(VGGishError, match="has no variable 'vggish/conv2/weights'"):
         load_vggish(str(prefix))
 
