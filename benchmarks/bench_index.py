@@ -155,7 +155,7 @@ def _bench_index(args: argparse.Namespace) -> tuple[dict, list[str]]:
     """Exact vs approximate search on `args.rows` synthetic vectors: results and the printed table."""
     import faiss
 
-    from pipelines.search import build_index, search
+    from pipelines.retrieval_index import build_index, search
 
     nprobes = [int(v) for v in args.nprobe.split(",")]
     reranks = [int(v) for v in args.rerank.split(",")]

@@ -1,9 +1,10 @@
-"""Reading the scoring pipeline's Parquet output (embeddings) for the retrieval index and search.
+"""The retrieval tools' files: scored Parquet embeddings in (for the index and search), index vectors out.
 
 The input contract is docs/design.md's "Score output": one row per video with `id` (string), `labels`
 (list<int32>) and `embedding` (a fixed-length list of float32: Arrow `fixed_size_list<float>[E]` or a
-plain `list<float>` whose rows all have the same length). Paths may be local or `gs://`: everything
-goes through Beam's `FileSystems`.
+plain `list<float>` whose rows all have the same length). Paths may be local or `gs://`
+(`nextvlad.files`; Beam's `FileSystems` for the latter). `ReadEmbeddings` and `WriteVectors` are the
+Beam steps of `pipelines.index` on either side of its tensorflow-transform step.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
+
+from nextvlad.files import expand_pattern, open_binary, read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +33,9 @@ LABELS_COLUMN = "labels"
 EMBEDDING_COLUMN = "embedding"
 MODEL_VERSION_COLUMN = "model_version"
 REQUIRED_COLUMNS = (ID_COLUMN, LABELS_COLUMN, EMBEDDING_COLUMN)
+VECTOR_COLUMN = "vector"  # the index vector (pipelines.index's output)
+PROJECTED_COLUMN = "projected"  # --keep_projected: the coordinates before L2 normalisation
+VECTORS_PREFIX = "vectors"  # OUTPUT/vectors-SSSSS-of-NNNNN.parquet
 
 
 class RetrievalInputError(ValueError):
@@ -46,14 +54,22 @@ class EmbeddingSource:
 
 
 def import_tensorflow_transform() -> Any:
-    """`tensorflow_transform`, imported without its warning about TF_USE_LEGACY_KERAS.
+    """`tensorflow_transform`, imported so that the process keeps Keras 3 (and without tft's warning).
 
-    The retrieval modules set TF_USE_LEGACY_KERAS=0 before importing TensorFlow so that tft does not
-    switch the process to Keras 2 (docs/design.md, "Known traps of this stack"); tft warns about that
-    choice on import, and its own
-    Keras layer uses the `tf_keras` package either way.
+    Importing tft sets TF_USE_LEGACY_KERAS=1 when it is unset, which turns `tf.keras` into Keras 2 for the
+    whole process and its children, so that Keras 3 `.keras` models no longer load (docs/design.md,
+    "Known traps of this stack"). Setting it to 0 first is enough whenever TensorFlow was imported
+    (TensorFlow reads the variable when `tf.keras` is first used); tft warns about that choice on
+    import, and its own Keras layer uses the `tf_keras` package either way. Every retrieval module
+    imports tft through this function, and only when it is needed, so they can be imported in any order.
     """
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")
+    if os.environ["TF_USE_LEGACY_KERAS"].lower() in ("1", "true"):
+        logger.warning(
+            "TF_USE_LEGACY_KERAS=%s in this process's environment: tf.keras is Keras 2 here and Keras 3 "
+            ".keras models will not load; unset the variable",
+            os.environ["TF_USE_LEGACY_KERAS"],
+        )
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)
@@ -71,24 +87,22 @@ def match_files(pattern: str) -> list[str]:
         RetrievalInputError: when nothing matches.
     """
     try:
-        metadata = FileSystems.match([pattern])[0].metadata_list
-    except Exception as error:  # Beam raises BeamIOError for a missing folder
+        return expand_pattern(pattern)
+    except FileNotFoundError:
+        raise RetrievalInputError(
+            f"no Parquet files match {pattern!r}; check the path and quote the glob so the shell does not "
+            "expand it (e.g. --embeddings 'scores/run1-*.parquet')"
+        ) from None
+    except BeamIOError as error:  # a remote folder that does not exist
         raise RetrievalInputError(
             f"no Parquet files match {pattern!r} ({error.__class__.__name__}); check the path and quote "
             "the glob so the shell does not expand it"
         ) from None
-    files = sorted(m.path for m in metadata)
-    if not files:
-        raise RetrievalInputError(
-            f"no Parquet files match {pattern!r}; check the path and quote the glob so the shell does not "
-            "expand it (e.g. --embeddings 'scores/run1-*.parquet')"
-        )
-    return files
 
 
 def _open_parquet(path: str) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(FileSystems.open(path))
+        return pq.ParquetFile(open_binary(path))
     except (pa.ArrowInvalid, OSError) as error:
         raise RetrievalInputError(f"{path} is not a readable Parquet file: {error}") from None
 
@@ -201,8 +215,7 @@ def embedding_matrix(
 
 def read_table(path: str, *, columns: Sequence[str] | None = None) -> pa.Table:
     """Reads one Parquet file (local or `gs://`)."""
-    with FileSystems.open(path) as handle:
-        return pq.read_table(io.BytesIO(handle.read()), columns=list(columns) if columns else None)
+    return pq.read_table(io.BytesIO(read_bytes(path)), columns=list(columns) if columns else None)
 
 
 def read_tables(pattern: str, *, columns: Sequence[str] | None = None) -> pa.Table:
@@ -228,3 +241,133 @@ def read_query_embedding(path: str, video_id: str) -> np.ndarray:
     raise RetrievalInputError(
         f"unknown query id {video_id!r}: not in {path}; pass an id from that file's `id` column"
     )
+
+
+# tft passes "passthrough" columns around the transform only when each row holds a one-element list,
+# so the id, labels and model version travel wrapped in one and are unwrapped before writing.
+PASSTHROUGH_KEYS = (ID_COLUMN, LABELS_COLUMN, MODEL_VERSION_COLUMN)
+
+
+def _input_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            (ID_COLUMN, pa.list_(pa.string())),
+            (LABELS_COLUMN, pa.list_(pa.list_(pa.int32()))),
+            (MODEL_VERSION_COLUMN, pa.list_(pa.string())),
+            (EMBEDDING_COLUMN, pa.list_(pa.float32())),
+        ]
+    )
+
+
+def tensor_adapter_config(embedding_dim: int) -> Any:
+    """How tft reads the record batches of `ReadEmbeddings`: `embedding` as a dense `[E]` float tensor."""
+    # Imported here: tfx_bsl loads TensorFlow, which only the tft job needs.
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    from tfx_bsl.tfxio import tensor_adapter
+
+    dense = schema_pb2.TensorRepresentation.DenseTensor(
+        column_name=EMBEDDING_COLUMN,
+        shape=schema_pb2.FixedShape(dim=[schema_pb2.FixedShape.Dim(size=embedding_dim)]),
+    )
+    return tensor_adapter.TensorAdapterConfig(
+        _input_schema(), {EMBEDDING_COLUMN: schema_pb2.TensorRepresentation(dense_tensor=dense)}
+    )
+
+
+def _wrap(values: pa.Array) -> pa.ListArray:
+    """Each value in a one-element list."""
+    return pa.ListArray.from_arrays(pa.array(np.arange(len(values) + 1, dtype=np.int32)), values)
+
+
+def _to_record_batch(element: tuple[str, pa.Table], embedding_dim: int) -> pa.RecordBatch:
+    """One Parquet row group → the record batch the transform reads; checks every embedding's length."""
+    filename, table = element
+    ids = table.column(ID_COLUMN).combine_chunks().cast(pa.string())
+    embeddings = embedding_matrix(
+        table.column(EMBEDDING_COLUMN), dim=embedding_dim, ids=ids, source=filename
+    )  # [B, E]
+    labels = table.column(LABELS_COLUMN).combine_chunks().cast(pa.list_(pa.int32()))
+    if labels.null_count:
+        labels = pa.array([row or [] for row in labels.to_pylist()], pa.list_(pa.int32()))
+    if MODEL_VERSION_COLUMN in table.column_names:
+        versions = table.column(MODEL_VERSION_COLUMN).combine_chunks().cast(pa.string())
+    else:
+        versions = pa.nulls(len(table), pa.string())
+    offsets = pa.array(np.arange(len(table) + 1, dtype=np.int32) * embedding_dim)
+    beam.metrics.Metrics.counter("index", "rows_read").inc(len(table))
+    return pa.RecordBatch.from_arrays(
+        [
+            _wrap(ids),
+            _wrap(labels),
+            _wrap(versions),
+            pa.ListArray.from_arrays(offsets, pa.array(embeddings.ravel())),
+        ],
+        schema=_input_schema(),
+    )
+
+
+class ReadEmbeddings(beam.PTransform):
+    """Scored Parquet files → record batches (`id`, `labels`, `model_version` wrapped; `embedding` [E])."""
+
+    def __init__(self, source: EmbeddingSource) -> None:
+        super().__init__()
+        self._source = source
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        columns = [ID_COLUMN, LABELS_COLUMN, EMBEDDING_COLUMN]
+        if self._source.has_model_version:
+            columns.append(MODEL_VERSION_COLUMN)
+        return (
+            pbegin
+            | "FilePattern" >> beam.Create([self._source.pattern])
+            | "ReadParquet" >> beam.io.ReadAllFromParquetBatched(columns=columns, with_filename=True)
+            | "ToRecordBatch" >> beam.Map(_to_record_batch, embedding_dim=self._source.embedding_dim)
+        )
+
+
+def _output_schema(dim: int, keep_projected: bool) -> pa.Schema:
+    fields = [
+        (ID_COLUMN, pa.string()),
+        (LABELS_COLUMN, pa.list_(pa.int32())),
+        (MODEL_VERSION_COLUMN, pa.string()),
+        (VECTOR_COLUMN, pa.list_(pa.float32(), dim)),
+    ]
+    if keep_projected:
+        fields.append((PROJECTED_COLUMN, pa.list_(pa.float32(), dim)))
+    return pa.schema(fields)
+
+
+def _to_output_table(element: tuple[pa.RecordBatch, Any], schema: pa.Schema) -> pa.Table:
+    """A transformed record batch (passthrough columns still wrapped) → a table of `schema`."""
+    batch, _ = element
+    columns = []
+    for field in schema:
+        column = batch.column(batch.schema.get_field_index(field.name))
+        flat = column.flatten()
+        if pa.types.is_fixed_size_list(field.type):
+            flat = pa.FixedSizeListArray.from_arrays(flat.cast(pa.float32()), field.type.list_size)
+        columns.append(flat.cast(field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class WriteVectors(beam.PTransform):
+    """Transformed record batches → `OUTPUT/vectors-SSSSS-of-NNNNN.parquet`."""
+
+    def __init__(self, output: str, *, dim: int, keep_projected: bool, num_shards: int) -> None:
+        super().__init__()
+        self._output = output
+        self._schema = _output_schema(dim, keep_projected)
+        self._num_shards = num_shards
+
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        return (
+            batches
+            | "ToTable" >> beam.Map(_to_output_table, schema=self._schema)
+            | "WriteParquet"
+            >> beam.io.WriteToParquetBatched(
+                FileSystems.join(self._output, VECTORS_PREFIX),
+                schema=self._schema,
+                file_name_suffix=".parquet",
+                num_shards=self._num_shards,
+            )
+        )

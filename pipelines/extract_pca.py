@@ -3,7 +3,7 @@
 A Beam pass of its own, before extraction: a deterministic sample of the videos (those whose ids hash
 lowest, about N / `FRAMES_PER_SAMPLED_VIDEO` of them) is decoded and run through the backbone, each
 contributes evenly spaced frames until about N frames are collected, and the same tft analyzers as the
-retrieval index (`pipelines.index.pca_projection`: `tft.mean`, `tft.pca`, then `tft.var` of the
+retrieval index (`pipelines.embedding_transform.pca_projection`: `tft.mean`, `tft.pca`, then `tft.var` of the
 projections, which are the eigenvalues) learn μ, V and λ. They are read back by transforming one probe
 row and written in the dataset's `yt8m_pca` layout (`nextvlad.extraction.pca.save_pca_dir`).
 """
@@ -34,7 +34,10 @@ _FEATURES = "embedding"  # the input column name pipelines.index's analyzers exp
 def _preprocessing_fn(dim: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
     import tensorflow as tf
 
-    from pipelines.index import pca_projection, tft
+    from pipelines.embedding_transform import pca_projection
+    from pipelines.embeddings_io import import_tensorflow_transform
+
+    tft = import_tensorflow_transform()
 
     def preprocessing_fn(inputs: dict[str, Any]) -> dict[str, Any]:
         x = tf.cast(inputs[_FEATURES], tf.float64)  # [B, D]

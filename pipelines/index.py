@@ -36,76 +36,49 @@ runs this on Dataflow.
 
 from __future__ import annotations
 
-import os
+import argparse
+import dataclasses
+import datetime
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
 
-# tensorflow_transform sets TF_USE_LEGACY_KERAS=1 on import when it is unset, which turns tf.keras into
-# Keras 2 for the whole process (and its children) and breaks Keras 3 model loading (docs/design.md,
-# "Known traps of this stack"). It
-# must be decided before TensorFlow is first imported; tft's own Keras layer uses the tf_keras package
-# either way.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")
+import apache_beam as beam
+from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import datetime  # noqa: E402
-import logging  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from typing import Any  # noqa: E402
-
-import apache_beam as beam  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from apache_beam.io.filesystem import BeamIOError  # noqa: E402
-from apache_beam.io.filesystems import FileSystems  # noqa: E402
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions  # noqa: E402
-from tensorflow_metadata.proto.v0 import schema_pb2  # noqa: E402
-from tfx_bsl.tfxio import tensor_adapter  # noqa: E402
-
-from pipelines.embeddings_io import (  # noqa: E402
-    EMBEDDING_COLUMN,
+from nextvlad.files import is_remote
+from pipelines.embedding_transform import TRANSFORM_DIR, TRANSFORMS, make_preprocessing_fn
+from pipelines.embeddings_io import (
     ID_COLUMN,
     LABELS_COLUMN,
     MODEL_VERSION_COLUMN,
+    PASSTHROUGH_KEYS,
+    VECTOR_COLUMN,
+    VECTORS_PREFIX,
     EmbeddingSource,
+    ReadEmbeddings,
     RetrievalInputError,
-    embedding_matrix,
+    WriteVectors,
     import_tensorflow_transform,
     inspect_embeddings,
     read_tables,
+    tensor_adapter_config,
 )
-from pipelines.search import (  # noqa: E402
-    INDEX_TYPES,
-    TRANSFORM_DIR,
-    TRANSFORMS,
-    build_index,
-    resolve_index_options,
-    save_index,
-)
-
-tft = import_tensorflow_transform()
-import tensorflow_transform.beam as tft_beam  # noqa: E402
+from pipelines.retrieval_index import INDEX_TYPES, build_index, resolve_index_options, save_index
 
 logger = logging.getLogger(__name__)
-
-if os.environ["TF_USE_LEGACY_KERAS"].lower() in ("1", "true"):
-    logger.warning(
-        "TF_USE_LEGACY_KERAS=%s in this process (set by the environment, or by an earlier import of "
-        "tensorflow_transform): tf.keras is Keras 2 here and Keras 3 .keras models will not load; "
-        "import pipelines.index first or unset the variable",
-        os.environ["TF_USE_LEGACY_KERAS"],
-    )
 
 __all__ = [
     "DEFAULT_TRANSFORM",
     "IndexConfig",
-    "build_index",
     "index_embeddings",
-    "make_preprocessing_fn",
+    "main",
+    "parse_known_args",
     "run",
 ]
 
@@ -113,9 +86,6 @@ DEFAULT_DIM = 256
 # The measured default: see BENCHMARKS.md, "Retrieval index".
 DEFAULT_TRANSFORM = "whiten"
 _DEFAULT_TRANSFORM_WHY = "PCA-whitening, Jégou & Chum 2012"
-VECTOR_COLUMN = "vector"
-PROJECTED_COLUMN = "projected"
-VECTORS_PREFIX = "vectors"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,193 +95,15 @@ class IndexConfig:
     embeddings: str  # glob of scored Parquet files (local or gs://)
     output: str  # folder for transform_fn/, vectors-*.parquet, index.faiss, ids.parquet, index.json
     dim: int | None = None  # PCA output size; None: min(256, E, rows − 1); raw: always E
-    transform: str = DEFAULT_TRANSFORM  # raw | pca | pca_power | whiten (pipelines.search.TRANSFORMS)
+    transform: str = DEFAULT_TRANSFORM  # a key of pipelines.embedding_transform.TRANSFORMS
     whiten_epsilon: float = 1e-6  # whiten: added to each variance, relative to the largest (caps the gain)
-    index_type: str = "flat"  # flat | ivf | ivfpq (see pipelines.search.IndexOptions)
+    index_type: str = "flat"  # flat | ivf | ivfpq (see pipelines.retrieval_index.IndexOptions)
     nlist: int | None = None  # IVF cells; None: ≈ 4·√N
     nprobe: int | None = None  # IVF cells searched per query; None: max(nlist/64, min(nlist, 32))
     pq_m: int | None = None  # ivfpq bytes per vector; None: dim / 4
     rerank: int | None = None  # ivfpq candidates per neighbour re-scored exactly; None: 10
     keep_projected: bool = False  # also write the PCA coordinates before L2 (`projected` column)
     num_shards: int = 0  # vectors-*.parquet shards; 0 lets the runner decide
-
-
-def pca_projection(x: tf.Tensor, *, dim: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """tft analyzers for a corpus PCA: the mean μ [E], the top-`dim` principal directions V [E, dim]
-    (decreasing variance) and the projections `(x − μ) V` [B, dim] of float64 `x` [B, E]."""
-    mean = tft.mean(x, reduce_instance_dims=False, name="embedding_mean")  # [E]
-    components = tft.pca(x, output_dim=dim, dtype=tf.float64, name="pca")  # [E, dim]
-    return mean, components, tf.matmul(x - mean, components)
-
-
-def make_preprocessing_fn(
-    *, dim: int, transform: str = DEFAULT_TRANSFORM, epsilon: float = 1e-6, keep_projected: bool = False
-) -> Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]:
-    """The tensorflow-transform `preprocessing_fn`: one of `TRANSFORMS`, then L2 normalisation.
-
-    Args:
-        dim: number of principal components kept (ignored by `raw`, whose vectors keep all E values).
-        transform: `raw` (L2 only), `pca` (centre, project on the top `dim` principal directions),
-            `pca_power` (`pca`, then the signed square root of each coordinate) or `whiten` (`pca`,
-            then each component divided by √(λ_j + ε·max λ), λ_j its variance over the corpus).
-        epsilon: the whitening regulariser ε, relative to the largest variance.
-        keep_projected: also output `projected`, the coordinates just before L2 normalisation.
-
-    Returns:
-        A pure function from `{"embedding": [B, E] float32}` to `{"vector": [B, dim] float32}` (plus
-        `projected` when asked).
-    """
-    if transform not in TRANSFORMS:
-        raise RetrievalInputError(f"--transform {transform!r} is not one of {list(TRANSFORMS)}")
-
-    def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        # float64 throughout: the covariance is accumulated as E[xxᵀ] − μμᵀ, which loses digits when
-        # the mean is large compared with the spread.
-        x = tf.cast(inputs[EMBEDDING_COLUMN], tf.float64)  # [B, E]
-        if transform == "raw":
-            projected = x  # [B, E]
-        else:
-            _, _, projected = pca_projection(x, dim=dim)  # [B, dim]
-        if transform == "whiten":
-            # The variance along an eigenvector is its eigenvalue; tft.pca does not return those, so a
-            # second pass measures them on the projections.
-            variance = tft.var(projected, reduce_instance_dims=False, name="pca_variance")  # [dim]
-            projected = projected / tf.sqrt(variance + epsilon * tf.reduce_max(variance))  # [B, dim]
-        elif transform == "pca_power":
-            # Power normalisation (α = ½) shrinks the dominant components' share of the cosine without
-            # equalising them: a softer whitening that needs no variance estimate. Scale-free under L2.
-            projected = tf.sign(projected) * tf.sqrt(tf.abs(projected))  # [B, dim]
-        outputs = {VECTOR_COLUMN: tf.cast(tf.math.l2_normalize(projected, axis=1), tf.float32)}
-        if keep_projected:
-            outputs[PROJECTED_COLUMN] = tf.cast(projected, tf.float32)
-        return outputs
-
-    return preprocessing_fn
-
-
-# tft passes "passthrough" columns around the transform only when each row holds a one-element list,
-# so the id, labels and model version travel wrapped in one and are unwrapped before writing.
-_PASSTHROUGH_KEYS = (ID_COLUMN, LABELS_COLUMN, MODEL_VERSION_COLUMN)
-
-
-def _input_schema() -> pa.Schema:
-    return pa.schema(
-        [
-            (ID_COLUMN, pa.list_(pa.string())),
-            (LABELS_COLUMN, pa.list_(pa.list_(pa.int32()))),
-            (MODEL_VERSION_COLUMN, pa.list_(pa.string())),
-            (EMBEDDING_COLUMN, pa.list_(pa.float32())),
-        ]
-    )
-
-
-def _tensor_adapter_config(embedding_dim: int) -> tensor_adapter.TensorAdapterConfig:
-    dense = schema_pb2.TensorRepresentation.DenseTensor(
-        column_name=EMBEDDING_COLUMN,
-        shape=schema_pb2.FixedShape(dim=[schema_pb2.FixedShape.Dim(size=embedding_dim)]),
-    )
-    return tensor_adapter.TensorAdapterConfig(
-        _input_schema(), {EMBEDDING_COLUMN: schema_pb2.TensorRepresentation(dense_tensor=dense)}
-    )
-
-
-def _wrap(values: pa.Array) -> pa.ListArray:
-    """Each value in a one-element list."""
-    return pa.ListArray.from_arrays(pa.array(np.arange(len(values) + 1, dtype=np.int32)), values)
-
-
-def _to_record_batch(element: tuple[str, pa.Table], embedding_dim: int) -> pa.RecordBatch:
-    """One Parquet row group → the record batch the transform reads; checks every embedding's length."""
-    filename, table = element
-    ids = table.column(ID_COLUMN).combine_chunks().cast(pa.string())
-    embeddings = embedding_matrix(
-        table.column(EMBEDDING_COLUMN), dim=embedding_dim, ids=ids, source=filename
-    )  # [B, E]
-    labels = table.column(LABELS_COLUMN).combine_chunks().cast(pa.list_(pa.int32()))
-    if labels.null_count:
-        labels = pa.array([row or [] for row in labels.to_pylist()], pa.list_(pa.int32()))
-    if MODEL_VERSION_COLUMN in table.column_names:
-        versions = table.column(MODEL_VERSION_COLUMN).combine_chunks().cast(pa.string())
-    else:
-        versions = pa.nulls(len(table), pa.string())
-    offsets = pa.array(np.arange(len(table) + 1, dtype=np.int32) * embedding_dim)
-    beam.metrics.Metrics.counter("index", "rows_read").inc(len(table))
-    return pa.RecordBatch.from_arrays(
-        [
-            _wrap(ids),
-            _wrap(labels),
-            _wrap(versions),
-            pa.ListArray.from_arrays(offsets, pa.array(embeddings.ravel())),
-        ],
-        schema=_input_schema(),
-    )
-
-
-class ReadEmbeddings(beam.PTransform):
-    """Scored Parquet files → record batches (`id`, `labels`, `model_version` wrapped; `embedding` [E])."""
-
-    def __init__(self, source: EmbeddingSource) -> None:
-        super().__init__()
-        self._source = source
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        columns = [ID_COLUMN, LABELS_COLUMN, EMBEDDING_COLUMN]
-        if self._source.has_model_version:
-            columns.append(MODEL_VERSION_COLUMN)
-        return (
-            pbegin
-            | "FilePattern" >> beam.Create([self._source.pattern])
-            | "ReadParquet" >> beam.io.ReadAllFromParquetBatched(columns=columns, with_filename=True)
-            | "ToRecordBatch" >> beam.Map(_to_record_batch, embedding_dim=self._source.embedding_dim)
-        )
-
-
-def _output_schema(dim: int, keep_projected: bool) -> pa.Schema:
-    fields = [
-        (ID_COLUMN, pa.string()),
-        (LABELS_COLUMN, pa.list_(pa.int32())),
-        (MODEL_VERSION_COLUMN, pa.string()),
-        (VECTOR_COLUMN, pa.list_(pa.float32(), dim)),
-    ]
-    if keep_projected:
-        fields.append((PROJECTED_COLUMN, pa.list_(pa.float32(), dim)))
-    return pa.schema(fields)
-
-
-def _to_output_table(element: tuple[pa.RecordBatch, Any], schema: pa.Schema) -> pa.Table:
-    """A transformed record batch (passthrough columns still wrapped) → a table of `schema`."""
-    batch, _ = element
-    columns = []
-    for field in schema:
-        column = batch.column(batch.schema.get_field_index(field.name))
-        flat = column.flatten()
-        if pa.types.is_fixed_size_list(field.type):
-            flat = pa.FixedSizeListArray.from_arrays(flat.cast(pa.float32()), field.type.list_size)
-        columns.append(flat.cast(field.type))
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-class WriteVectors(beam.PTransform):
-    """Transformed record batches → `OUTPUT/vectors-SSSSS-of-NNNNN.parquet`."""
-
-    def __init__(self, output: str, *, dim: int, keep_projected: bool, num_shards: int) -> None:
-        super().__init__()
-        self._output = output
-        self._schema = _output_schema(dim, keep_projected)
-        self._num_shards = num_shards
-
-    def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        return (
-            batches
-            | "ToTable" >> beam.Map(_to_output_table, schema=self._schema)
-            | "WriteParquet"
-            >> beam.io.WriteToParquetBatched(
-                FileSystems.join(self._output, VECTORS_PREFIX),
-                schema=self._schema,
-                file_name_suffix=".parquet",
-                num_shards=self._num_shards,
-            )
-        )
 
 
 def _resolve_dim(config: IndexConfig, source: EmbeddingSource) -> int:
@@ -347,18 +139,22 @@ def _resolve_dim(config: IndexConfig, source: EmbeddingSource) -> int:
     return config.dim
 
 
-def _input_error_in(error: BaseException) -> RetrievalInputError | None:
-    """Our input error inside whatever the runner raised, without Beam's step annotations."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        text = str(error)
-        if isinstance(error, RetrievalInputError) or "RetrievalInputError" in text:
-            message = text.split("RetrievalInputError: ", 1)[-1]
-            message = re.sub(r" \[while running '[^']*'\]", "", message).strip().splitlines()[0]
-            return RetrievalInputError(message)
-        error = error.__cause__ or error.__context__
-    return None
+def _original_input_error(error: RetrievalInputError) -> RetrievalInputError:
+    """The input error as the DoFn raised it, from the one the runner re-raised.
+
+    Beam re-raises a DoFn's exception as a new one of the same type whose message also names the step
+    (`... [while running 'ReadEmbeddings/ToRecordBatch']`), chained to the original; the innermost
+    `RetrievalInputError` of the chain carries the message meant for the user. (A remote runner reports
+    the failure its own way, quoting the same message.)
+    """
+    original, seen = error, set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, RetrievalInputError):
+            original = current
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return original
 
 
 class _DropCacheKeyWarning(logging.Filter):
@@ -371,7 +167,7 @@ class _DropCacheKeyWarning(logging.Filter):
 
 def _delete_folder(path: str) -> None:
     """Removes tft's temporary folder (on GCS, everything under `path/`)."""
-    if "://" not in path:
+    if not is_remote(path):
         shutil.rmtree(path, ignore_errors=True)
         return
     try:
@@ -385,6 +181,40 @@ def _delete_matching(pattern: str) -> None:
     if stale:
         logger.warning("replacing %d file(s) matching %s", len(stale), pattern)
         FileSystems.delete(stale)
+
+
+def _transform(config: IndexConfig, source: EmbeddingSource, *, dim: int, pipeline: beam.Pipeline) -> None:
+    """Runs the tft job on `pipeline`: learns the transform over the corpus, writes it and the vectors."""
+    import_tensorflow_transform()
+    import tensorflow_transform.beam as tft_beam
+
+    preprocessing_fn = make_preprocessing_fn(
+        dim=dim,
+        transform=config.transform,
+        epsilon=config.whiten_epsilon,
+        keep_projected=config.keep_projected,
+    )
+    temp_dir = FileSystems.join(config.output, "tmp")
+    cache_key_filter = _DropCacheKeyWarning()
+    logging.getLogger("absl").addFilter(cache_key_filter)
+    try:
+        with pipeline as p, tft_beam.Context(temp_dir=temp_dir, passthrough_keys=set(PASSTHROUGH_KEYS)):
+            batches = p | "ReadEmbeddings" >> ReadEmbeddings(source)
+            (transformed, _), transform_fn = (
+                batches,
+                tensor_adapter_config(source.embedding_dim),
+            ) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
+                preprocessing_fn, output_record_batches=True
+            )
+            _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(config.output)
+            _ = transformed | "WriteVectors" >> WriteVectors(
+                config.output, dim=dim, keep_projected=config.keep_projected, num_shards=config.num_shards
+            )
+    except RetrievalInputError as error:  # a bad row, found while the pipeline read it
+        raise _original_input_error(error) from None
+    finally:
+        logging.getLogger("absl").removeFilter(cache_key_filter)
+    _delete_folder(temp_dir)
 
 
 def index_embeddings(
@@ -432,38 +262,13 @@ def index_embeddings(
     )
     vectors_pattern = FileSystems.join(config.output, f"{VECTORS_PREFIX}-*.parquet")
     _delete_matching(vectors_pattern)
-    temp_dir = FileSystems.join(config.output, "tmp")
     options = options or PipelineOptions()
-    preprocessing_fn = make_preprocessing_fn(
+    _transform(
+        config,
+        source,
         dim=dim,
-        transform=config.transform,
-        epsilon=config.whiten_epsilon,
-        keep_projected=config.keep_projected,
+        pipeline=test_pipeline if test_pipeline is not None else beam.Pipeline(options=options),
     )
-    pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
-    cache_key_filter = _DropCacheKeyWarning()
-    logging.getLogger("absl").addFilter(cache_key_filter)
-    try:
-        with pipeline as p, tft_beam.Context(temp_dir=temp_dir, passthrough_keys=set(_PASSTHROUGH_KEYS)):
-            batches = p | "ReadEmbeddings" >> ReadEmbeddings(source)
-            (transformed, _), transform_fn = (
-                batches,
-                _tensor_adapter_config(source.embedding_dim),
-            ) | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
-                preprocessing_fn, output_record_batches=True
-            )
-            _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(config.output)
-            _ = transformed | "WriteVectors" >> WriteVectors(
-                config.output, dim=dim, keep_projected=config.keep_projected, num_shards=config.num_shards
-            )
-    except Exception as error:
-        input_error = _input_error_in(error)
-        if input_error is None:
-            raise
-        raise input_error from None
-    finally:
-        logging.getLogger("absl").removeFilter(cache_key_filter)
-    _delete_folder(temp_dir)
     transform_seconds = time.perf_counter() - start
 
     index_start = time.perf_counter()
@@ -580,7 +385,7 @@ class _DropInputErrorTracebacks(logging.Filter):
     one-line message says it all."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and _input_error_in(record.exc_info[1]) is not None)
+        return not (record.exc_info and isinstance(record.exc_info[1], RetrievalInputError))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from scoring_data import good_frame_records, save_tiny_model, write_tfrecords
 
 from nextvlad import records
 from pipelines import search as search_cli
-from pipelines.search import build_index, save_index
+from pipelines.retrieval_index import build_index, save_index
 from trainer import evaluate as ev
 from trainer import train as tr
 

@@ -18,7 +18,8 @@ import pytest
 from scored_parquet import clustered_corpus, scored_table, write_scored_parquet
 
 from pipelines import index as index_job
-from pipelines.search import TRANSFORMS, load_index, search, transform_embeddings
+from pipelines.embedding_transform import TRANSFORMS, transform_embeddings
+from pipelines.retrieval_index import load_index, search
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_ROWS, EMBEDDING_DIM, DIM = 300, 16, 8
@@ -323,41 +324,94 @@ def test_embedding_length_differing_between_rows_is_a_clear_error(tmp_path):
     assert "has length 13, expected 16" in last
 
 
-def test_importing_the_index_job_keeps_keras_3_model_loading(tmp_path):
-    """tensorflow_transform would set TF_USE_LEGACY_KERAS=1 and turn tf.keras into Keras 2
-    (docs/design.md, "Known traps of this stack")."""
-    script = textwrap.dedent(
-        f"""
-        import os
-        import numpy as np
-        import pipelines.index  # imports tensorflow_transform
-        import keras
-        import tensorflow as tf
-        import nextvlad
+_KERAS_MODEL_ROUND_TRIP = """
+import os
+import sys
 
-        assert os.environ["TF_USE_LEGACY_KERAS"] == "0", os.environ["TF_USE_LEGACY_KERAS"]
-        assert tf.keras.version().startswith("3."), tf.keras.version()
-        model = nextvlad.build_model(
-            nextvlad.ModelConfig(num_classes=7, cluster_size=4, groups=2, hidden_size=16, gating_reduction=4)
-        )
-        path = {str(tmp_path / "model.keras")!r}
-        model.save(path)
-        rng = np.random.default_rng(0)
-        inputs = {{
-            "rgb": rng.normal(size=(2, 5, 1024)).astype("float32"),
-            "audio": rng.normal(size=(2, 5, 128)).astype("float32"),
-            "num_frames": np.array([5, 3], dtype="int32"),
-        }}
-        expected = model.predict(inputs, verbose=0)["predictions"]
-        for loaded in (keras.saving.load_model(path), tf.keras.models.load_model(path)):
-            np.testing.assert_allclose(loaded.predict(inputs, verbose=0)["predictions"], expected, atol=1e-6)
-        print("loaded")
+import numpy as np
+import keras
+import nextvlad
+
+inputs = {
+    "rgb": np.random.default_rng(0).normal(size=(2, 5, 1024)).astype("float32"),
+    "audio": np.random.default_rng(1).normal(size=(2, 5, 128)).astype("float32"),
+    "num_frames": np.array([5, 3], dtype="int32"),
+}
+
+
+def save_model(path):
+    model = nextvlad.build_model(
+        nextvlad.ModelConfig(num_classes=7, cluster_size=4, groups=2, hidden_size=16, gating_reduction=4)
+    )
+    model.save(path)
+    return model.predict(inputs, verbose=0)["predictions"]
+
+
+def check_loads(path, expected):
+    import tensorflow as tf
+
+    assert tf.keras.version().startswith("3."), tf.keras.version()
+    for loaded in (keras.saving.load_model(path), tf.keras.models.load_model(path)):
+        np.testing.assert_allclose(loaded.predict(inputs, verbose=0)["predictions"], expected, atol=1e-6)
+"""
+
+# Each order imports the retrieval modules, runs the index job (which imports tensorflow_transform, the
+# module that would set TF_USE_LEGACY_KERAS=1 and turn tf.keras into Keras 2) and queries through the
+# saved transform, then saves or loads a Keras 3 model (docs/design.md, "Known traps of this stack").
+_IMPORT_ORDERS = {
+    # Keras and a model load first, the retrieval modules after, then the model again: the worst order.
+    "keras_first": """
+expected = save_model(MODEL)
+check_loads(MODEL, expected)
+import pipelines.search, pipelines.index, pipelines.embedding_transform, pipelines.retrieval_index
+CHECK_IMPORTS
+RUN_INDEX
+check_loads(MODEL, expected)
+""",
+    "retrieval_first": """
+import pipelines.index, pipelines.search, pipelines.embeddings_io, pipelines.retrieval_metrics
+CHECK_IMPORTS
+RUN_INDEX
+expected = save_model(MODEL)
+check_loads(MODEL, expected)
+""",
+}
+
+
+@pytest.mark.parametrize("order", list(_IMPORT_ORDERS))
+def test_retrieval_modules_keep_keras_3_model_loading_in_any_import_order(tmp_path, order):
+    embeddings, labels = clustered_corpus(60, EMBEDDING_DIM, seed=4)
+    write_scored_parquet(scored_table(embeddings, labels), tmp_path / "s", num_shards=1)
+    np.save(tmp_path / "queries.npy", embeddings[:2])
+    check_imports = textwrap.dedent(
         """
+        # Importing the library modules changes nothing process-wide and loads no tensorflow-transform.
+        assert "TF_USE_LEGACY_KERAS" not in os.environ, os.environ["TF_USE_LEGACY_KERAS"]
+        assert "tensorflow_transform" not in sys.modules
+        """
+    )
+    run_index = textwrap.dedent(
+        f"""
+        from pipelines.embedding_transform import transform_embeddings
+        from pipelines.retrieval_index import load_index, search
+        pipelines.index.run(["--embeddings={tmp_path}/s-*.parquet", "--output={tmp_path}/index", "--dim=4"])
+        index = load_index("{tmp_path}/index")
+        queries = transform_embeddings("{tmp_path}/index", np.load("{tmp_path}/queries.npy"))
+        _, positions = search(index, queries, 1)
+        assert list(index.ids[positions[:, 0]]) == ["vid00000", "vid00001"], index.ids[positions[:, 0]]
+        assert os.environ["TF_USE_LEGACY_KERAS"] == "0", os.environ["TF_USE_LEGACY_KERAS"]
+        """
+    )
+    script = (
+        _KERAS_MODEL_ROUND_TRIP
+        + f"MODEL = {str(tmp_path / 'model.keras')!r}\n"
+        + _IMPORT_ORDERS[order].replace("CHECK_IMPORTS", check_imports).replace("RUN_INDEX", run_index)
+        + 'print("loaded")\n'
     )
     env = {key: value for key, value in os.environ.items() if key != "TF_USE_LEGACY_KERAS"}
     env["KERAS_BACKEND"] = "tensorflow"
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("loaded")

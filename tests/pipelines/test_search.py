@@ -9,7 +9,8 @@ from scored_parquet import clustered_corpus, scored_table, write_scored_parquet
 
 from pipelines import search as search_cli
 from pipelines.embeddings_io import RetrievalInputError
-from pipelines.search import build_index, evaluate_retrieval, load_index, save_index, search
+from pipelines.retrieval_index import build_index, load_index, save_index, search
+from pipelines.retrieval_metrics import evaluate_retrieval
 
 # Seven unit vectors in the plane at these angles (degrees); G points away from all the others.
 ANGLES = {"A": 0, "B": 7, "C": 19, "D": 34, "E": 52, "F": 73, "G": 200}
