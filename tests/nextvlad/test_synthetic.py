@@ -164,6 +164,43 @@ def test_each_label_shows_its_own_scenes(corpus):
         assert per_half.min() > 0.8 * per_half.max(), (modality, per_half)
 
 
+def _scene_statistics(videos, labels, num_classes, seed):
+    """(share of rgb frames showing the class's scenes, per positive (video, label); share of consecutive
+    rgb frames showing the same scene), from each frame's nearest scene prototype."""
+    bank = scene_bank(num_classes, seed=seed)
+    shares, same, pairs = [], 0, 0
+    for video, video_labels in zip(videos, labels, strict=True):
+        nearest = _nearest(video["rgb"], bank.rgb)  # [T]
+        same += int(np.sum(nearest[1:] == nearest[:-1]))
+        pairs += len(nearest) - 1
+        for c in np.flatnonzero(video_labels):
+            shares.append(np.isin(nearest, bank.class_scenes(int(c))).mean())
+    return np.array(shares), same / pairs
+
+
+def test_hard_setting_shows_each_label_in_fewer_and_shorter_shots(corpus, tmp_path):
+    summary = generate_corpus(
+        tmp_path, num_videos=150, num_classes=NUM_CLASSES, shards=1, seed=0, min_frames=MIN_FRAMES,
+        max_frames=MAX_FRAMES, setting="hard",
+    )  # fmt: skip
+    assert summary["setting"] == "hard"
+    hard = [_parse(r) for r in _records(summary["files"])]
+    hard_labels = np.zeros((len(hard), NUM_CLASSES), dtype=bool)
+    for i, video in enumerate(hard):
+        hard_labels[i, video["labels"]] = True
+    standard_share, standard_same = _scene_statistics(corpus["videos"], corpus["labels"], NUM_CLASSES, 0)
+    hard_share, hard_same = _scene_statistics(hard, hard_labels, NUM_CLASSES, 0)
+    # Standard: present in 90% of positives, in 5-20% of frames (mean 0.9 x 0.125 = 0.11); hard: 80%, 2-8%
+    # (mean 0.04).
+    assert 0.09 < standard_share.mean() < 0.14
+    assert 0.025 < hard_share.mean() < 0.055
+    assert np.mean(hard_share == 0) > np.mean(standard_share == 0) + 0.05  # more positives show nothing
+    # Shots of two frames on average (a new shot with probability 1/2): over half of consecutive frames
+    # repeat a scene. One-frame shots: a repeat only when the next draw happens to pick the same scene.
+    assert standard_same > 0.45
+    assert hard_same < 0.25
+
+
 def _ridge_scores(features, labels, train, *, penalty):
     mean, std = features[train].mean(0), features[train].std(0) + 1e-6
     z = np.hstack([(features - mean) / std, np.ones((len(features), 1))])
@@ -227,6 +264,8 @@ def test_bad_arguments_name_the_value(tmp_path):
         generate_corpus(tmp_path, num_classes=3)
     with pytest.raises(ValueError, match=r"shards=5 is more than num_videos=4"):
         generate_corpus(tmp_path, num_videos=4, shards=5)
+    with pytest.raises(ValueError, match=r"setting must be one of standard, hard; got 'easy'"):
+        generate_corpus(tmp_path, setting="easy")
     assert not list(tmp_path.iterdir())  # nothing written on bad input
 
 
@@ -255,6 +294,7 @@ def test_cli_help_lists_the_options():
         "--max_frames",
         "--labels_per_video",
         "--prefix",
+        "--setting",
     ):
         assert option in done.stdout
 
