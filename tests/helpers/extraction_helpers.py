@@ -82,3 +82,17 @@ def write_vggish_checkpoint(prefix, *, scopes=tuple(PUBLISHED)):
         tensors=[values[n] for n in names],
     )
     return values
+
+
+def write_audio_only(path: Path) -> Path:
+    """An mp4 holding one AAC audio stream and no video stream."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="flt", layout="mono")
+        frame.sample_rate = 16000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

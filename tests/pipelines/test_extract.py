@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from extraction_helpers import block_codes, identity_pca, tiny_backbone
+from extraction_helpers import block_codes, identity_pca, tiny_backbone, write_audio_only
 
 from nextvlad.extraction.clips import write_clip
 from nextvlad.records import iter_tfrecords, parse_frame_example
@@ -31,21 +31,13 @@ def _good_videos(folder):
 
 
 def _bad_videos(folder):
-    import av
-
     (folder / "empty.mp4").write_bytes(b"")
     (folder / "notes.mp4").write_text("meeting notes, not a video\n" * 20)
     write_clip(str(folder / "whole.mp4"), duration=4.0, fps=2)
     data = (folder / "whole.mp4").read_bytes()
     (folder / "whole.mp4").unlink()
     (folder / "cut.mp4").write_bytes(data[: len(data) // 2])
-    with av.open(str(folder / "voice.mp4"), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="flt", layout="mono")
-        frame.sample_rate = 16000
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    write_audio_only(folder / "voice.mp4")
     write_clip(str(folder / "tone.webm"), duration=1.0, fps=2)  # same stem as tone.mp4: a duplicate id
     return {
         "empty": "empty_file",
@@ -142,10 +134,11 @@ def test_metadata_records_the_backbone_pca_and_audio(mixed_run, assets):
     assert metadata["videos_extracted"] == 4 and metadata["feature_dim"] == 2048
 
 
-def test_an_earlier_run_is_refused_until_overwrite(mixed_run, assets, tmp_path):
+def _one_clip(tmp_path, assets, name):
+    """A folder with one 2 s clip, and the arguments that extract it with the test backbone."""
     videos = tmp_path / "v"
     videos.mkdir()
-    write_clip(str(videos / "one.mp4"), duration=2.0, fps=2)
+    write_clip(str(videos / name), duration=2.0, fps=2)
     output = tmp_path / "out" / "part"
     args = [
         f"--input={videos}/*",
@@ -153,6 +146,11 @@ def test_an_earlier_run_is_refused_until_overwrite(mixed_run, assets, tmp_path):
         f"--backbone={assets['backbone']}",
         f"--pca_dir={assets['pca']}",
     ]
+    return videos, output, args
+
+
+def test_an_earlier_run_is_refused_until_overwrite(assets, tmp_path):
+    videos, output, args = _one_clip(tmp_path, assets, "one.mp4")
     extract.run(args)
     with pytest.raises(extract.ExtractSetupError, match="--overwrite"):
         extract.run(args)
@@ -237,16 +235,7 @@ def test_setup_errors_name_the_value_and_the_fix(assets, tmp_path, capsys):
 
 
 def test_the_cli_prints_the_summary_and_exits_2_on_setup_errors(assets, tmp_path, capsys):
-    videos = tmp_path / "v"
-    videos.mkdir()
-    write_clip(str(videos / "one.webm"), duration=2.0, fps=2)
-    output = tmp_path / "o" / "p"
-    args = [
-        f"--input={videos}/*",
-        f"--output={output}",
-        f"--backbone={assets['backbone']}",
-        f"--pca_dir={assets['pca']}",
-    ]
+    _, output, args = _one_clip(tmp_path, assets, "one.webm")
     assert extract.main(args) == 0
     assert "Extracted 1 of 1 videos (2 frames" in capsys.readouterr().out
     assert extract.main(args) == 2
@@ -353,3 +342,24 @@ def test_with_vggish_audio_features_come_from_the_soundtrack(assets, tmp_path):
     np.testing.assert_array_equal(records["quiet"]["audio"], 0)  # no audio stream: zeros, counted
     metadata = json.loads((output.parent / "part-metadata.json").read_text())
     assert metadata["audio"].startswith("VGGish")
+
+
+def test_a_file_gone_or_unreadable_when_decoded_is_an_unreadable_dead_letter(tmp_path):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines.extract_transforms import DecodeVideos, VideoFile
+    from pipelines.transforms import DEAD_LETTER
+
+    # Listed with its size, then deleted (or made unreadable) before a worker opens it.
+    gone = VideoFile(str(tmp_path / "gone.mp4"), 2048, "gone", ())
+    with TestPipeline() as pipeline:
+        decoded = (
+            pipeline
+            | beam.Create([gone])
+            | DecodeVideos(image_size=(32, 32), max_frames=300, with_audio=False)
+        )
+        reasons = decoded[DEAD_LETTER] | beam.Map(lambda letter: (letter["id"], letter["reason"]))
+        assert_that(reasons, equal_to([("gone", "unreadable")]))
+        assert_that(decoded.videos, equal_to([]), label="NoVideos")

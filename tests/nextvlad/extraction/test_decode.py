@@ -9,6 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from extraction_helpers import write_audio_only
 
 from nextvlad.extraction.clips import read_timestamp_picture, timestamp_picture, write_clip
 from nextvlad.extraction.decode import VideoDecodeError, decode_video
@@ -133,16 +134,7 @@ def _bad_inputs(tmp_path):
     cases["not_a_video"] = tmp_path / "notes.mp4"
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])  # PyAV writes the index at the end
     cases["truncated"] = tmp_path / "cut.mp4"
-    audio_only = tmp_path / "voice.mp4"
-    import av
-
-    with av.open(str(audio_only), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="flt", layout="mono")
-        frame.sample_rate = 16000
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
+    audio_only = write_audio_only(tmp_path / "voice.mp4")
     cases["no_video_stream"] = audio_only
     (tmp_path / "folder.mp4").mkdir()
     cases["unreadable"] = tmp_path / "folder.mp4"
