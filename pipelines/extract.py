@@ -18,35 +18,33 @@ duplicate ids and bad files → WriteDeadLetter. `records + dead letters == file
 
 from __future__ import annotations
 
+import argparse
+import csv
+import dataclasses
+import datetime
+import io
+import json
+import logging
 import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")  # --fit_pca imports tft: see pipelines.index
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import dataclasses  # noqa: E402
-import datetime  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from typing import Any  # noqa: E402
-
-import apache_beam as beam  # noqa: E402
-from apache_beam.io.filesystems import FileSystems  # noqa: E402
-from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
-from apache_beam.ml.inference.base import RunInference  # noqa: E402
-from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
-
-from nextvlad.extraction.backbone import DEFAULT_BACKBONE, PRECISIONS, Backbone, BackboneError, BackboneSpec  # noqa: E402
-from nextvlad.extraction.pca import DATASET_PCA_URL, PCAError, load_pca_dir  # noqa: E402
-from nextvlad.extraction.vggish import CHECKPOINT_URL, PCA_PARAMS_URL, VGGishError, VGGishPCA  # noqa: E402
-from nextvlad.records import MAX_FRAMES, RGB_SIZE, read_text, write_bytes  # noqa: E402
-from pipelines import output_files  # noqa: E402
-from pipelines.extract_transforms import (  # noqa: E402
+from nextvlad.extraction.backbone import DEFAULT_BACKBONE, PRECISIONS, Backbone, BackboneError, BackboneSpec
+from nextvlad.extraction.pca import DATASET_PCA_URL, PCAError, load_pca_dir
+from nextvlad.extraction.vggish import CHECKPOINT_URL, PCA_PARAMS_URL, VGGishError, VGGishPCA
+from nextvlad.files import read_text, write_bytes
+from nextvlad.records import MAX_FRAMES, RGB_SIZE
+from pipelines import output_files
+from pipelines.extract_transforms import (
     DecodeVideos,
     FrameFeaturesHandler,
     ListVideos,
@@ -55,7 +53,7 @@ from pipelines.extract_transforms import (  # noqa: E402
     sample_videos,
     spaced_rows,
 )
-from pipelines.transforms import DEAD_LETTER, METRICS_NAMESPACE, WriteDeadLetter  # noqa: E402
+from pipelines.transforms import DEAD_LETTER, METRICS_NAMESPACE, WriteDeadLetter
 
 logger = logging.getLogger(__name__)
 

@@ -10,25 +10,21 @@ row and written in the dataset's `yt8m_pca` layout (`nextvlad.extraction.pca.sav
 
 from __future__ import annotations
 
-import os
+import logging
+import math
+import tempfile
+from collections.abc import Callable
+from typing import Any
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")  # before TensorFlow loads: see pipelines.index
+import apache_beam as beam
+import numpy as np
 
-import logging  # noqa: E402
-import math  # noqa: E402
-import tempfile  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from typing import Any  # noqa: E402
-
-import apache_beam as beam  # noqa: E402
-import numpy as np  # noqa: E402
-
-from nextvlad.extraction.pca import PCA, save_pca_dir  # noqa: E402
+from nextvlad.extraction.pca import PCA, save_pca_dir
 
 logger = logging.getLogger(__name__)
 
 FRAMES_PER_SAMPLED_VIDEO = 10  # sampled videos = ceil(N / this): many videos, a few frames each
-_FEATURES = "embedding"  # the input column name pipelines.index's analyzers expect
+_FEATURES = "embedding"  # the column name the retrieval index's analyzers use
 
 
 def _preprocessing_fn(dim: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -93,6 +89,10 @@ def fit_pca(
         The paths written (a PCollection).
     """
     import tensorflow as tf
+
+    from pipelines.embeddings_io import import_tensorflow_transform
+
+    import_tensorflow_transform()  # keeps Keras 3: see pipelines.embeddings_io
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 

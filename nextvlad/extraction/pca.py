@@ -16,7 +16,8 @@ import logging
 
 import numpy as np
 
-from nextvlad.records import RGB_SIZE, quantize, read_bytes, write_bytes
+from nextvlad.files import read_bytes, write_bytes
+from nextvlad.records import RGB_SIZE, quantize
 
 logger = logging.getLogger(__name__)
 

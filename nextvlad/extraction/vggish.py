@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from nextvlad.extraction.mel import NUM_MEL_BINS, PATCH_FRAMES
-from nextvlad.records import read_bytes
+from nextvlad.files import read_bytes
 
 logger = logging.getLogger(__name__)
 
