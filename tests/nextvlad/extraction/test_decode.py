@@ -138,7 +138,20 @@ def _bad_inputs(tmp_path):
     cases["no_video_stream"] = audio_only
     (tmp_path / "folder.mp4").mkdir()
     cases["unreadable"] = tmp_path / "folder.mp4"
+    noisy = tmp_path / "damaged.mp4"  # intact index, garbage in the middle of the coded frames
+    write_clip(str(noisy), duration=6.0, fps=5, size=(64, 64), picture=_noise)
+    damaged = bytearray(noisy.read_bytes())
+    size = len(damaged)
+    damaged[size // 3 : size // 3 + size // 4] = (
+        np.random.default_rng(1).integers(0, 256, size // 4, np.uint8).tobytes()
+    )
+    noisy.write_bytes(bytes(damaged))
+    cases["decode_error"] = noisy
     return cases
+
+
+def _noise(t):
+    return np.random.default_rng(int(t * 5)).integers(0, 256, (64, 64, 3), dtype=np.uint8)
 
 
 def test_every_bad_input_kind_has_its_own_reason(tmp_path):
