@@ -143,6 +143,24 @@ def bench_backbone(repeats: int, chunk: int = 32) -> dict:
     return out
 
 
+def bench_chunks(chunks: list[int], repeats: int) -> dict:
+    """Inception-v3 float32 frames per CPU-second at each chunk size (frames per network call)."""
+    from nextvlad.extraction.backbone import Backbone, BackboneSpec
+
+    out = {}
+    images = np.random.default_rng(0).integers(0, 256, size=(max(chunks), 299, 299, 3), dtype=np.uint8)
+    for chunk in chunks:
+        backbone = Backbone(BackboneSpec(weights="none"), chunk_size=chunk)
+        cpu = time.process_time()
+        seconds = best_seconds(lambda backbone=backbone: backbone.features(images), repeats=repeats)
+        cpu = (time.process_time() - cpu) / (repeats + 1)
+        out[chunk] = {
+            "frames_per_s": round(len(images) / seconds, 2),
+            "frames_per_cpu_s": round(len(images) / cpu, 2),
+        }
+    return out
+
+
 def bench_vggish(repeats: int) -> dict:
     from nextvlad.extraction.vggish import build_vggish
 
@@ -164,8 +182,16 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats, best kept (default 3)")
     parser.add_argument("--output", default="runs/bench_extract", help="folder for the generated clip")
     parser.add_argument("--skip_decode", action="store_true", help="only the backbone and VGGish")
+    parser.add_argument(
+        "--chunk_sweep",
+        help="comma-separated chunk sizes: only measure Inception-v3 at each (e.g. 8,16,32,64)",
+    )
     args = parser.parse_args()
     result: dict = {"machine": machine_description()}
+    if args.chunk_sweep:
+        result["chunks"] = bench_chunks([int(c) for c in args.chunk_sweep.split(",")], args.repeats)
+        print(json.dumps(result))
+        return 0
     if not args.skip_decode:
         os.makedirs(args.output, exist_ok=True)
         clip = os.path.join(args.output, f"clip720p_{args.seconds}s.mp4")

@@ -228,6 +228,15 @@ class FrameModels:
             self.vggish = load_vggish(vggish_checkpoint)
         self.chunk = chunk
 
+    # Only methods are called from the handler: with --share_model this object lives in another process
+    # and the handler holds a proxy, which forwards method calls (not attribute reads).
+    def image_features(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, 3] → float32 [N, D]."""
+        return self.backbone.features(frames)
+
+    def has_audio_network(self) -> bool:
+        return self.vggish is not None
+
     def audio_embeddings(self, log_mel: np.ndarray) -> np.ndarray:
         """float32 [N, 96, 64] → float32 [N, 128], in chunks."""
         out = [
@@ -286,10 +295,10 @@ class FrameFeaturesHandler(ModelHandler[dict, dict, FrameModels]):
         self, batch: Sequence[dict], model: FrameModels, inference_args: dict[str, Any] | None = None
     ) -> Iterable[dict]:
         frames = np.concatenate([video["frames"] for video in batch])  # [ΣT, H, W, 3]
-        features = model.backbone.features(frames)  # [ΣT, D]
+        features = model.image_features(frames)  # [ΣT, D]
         audio = None
         with_mel = [video for video in batch if video["log_mel"] is not None]
-        if model.vggish is not None and with_mel:
+        if with_mel and model.has_audio_network():
             audio = model.audio_embeddings(np.concatenate([v["log_mel"] for v in with_mel]))  # [ΣT', 128]
         Metrics.counter(METRICS_NAMESPACE, "batches").inc()
         out, start, audio_start = [], 0, 0

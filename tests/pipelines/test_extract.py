@@ -331,6 +331,7 @@ def test_with_vggish_audio_features_come_from_the_soundtrack(assets, tmp_path):
         + [
             f"--vggish_checkpoint={tmp_path / 'vggish_model.ckpt'}",
             f"--vggish_pca={tmp_path / 'vggish_pca_params.npz'}",
+            "--share_model",  # one copy of both networks per machine, called through a proxy
         ]
     )
     assert summary.videos_extracted == 2 and summary.without_audio == 1
