@@ -8,7 +8,7 @@ output: uint8 frames as stored; the model dequantizes them itself). The handler:
   `model_copies` copies) serves every SDK process of a worker, which is what a GPU worker wants;
 - batches exactly `batch_size` videos (Beam's `BatchElements` with min = max), and pads each batch only to
   its own longest video, so short videos cost little;
-- optionally batches videos of similar length together (`length_buckets`, Beam's length-aware batching);
+- gets batches of similar lengths when `pipelines.transforms.BucketByLength` orders the videos before it;
 - returns one `ScoredBatch` per batch (the videos, `predictions` float32 [B, C] and `embedding` float32
   [B, E] as numpy arrays), so that rows are formatted a batch at a time;
 - uses the GPU when the process sees one (TensorFlow memory growth on, so that several SDK processes can
@@ -107,14 +107,21 @@ def _has_gpu() -> bool:
         import torch
 
         return torch.cuda.is_available()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.default_backend() == "gpu"
     return False
 
 
-def _reduced_precision(model: Any) -> Any:
-    """The same model computing in float16 (GPU) or bfloat16 (CPU), with float32 weights and outputs."""
+def _reduced_precision(model: Any, *, policy: str | None = None) -> Any:
+    """The same model computing in float16 (GPU) or bfloat16 (CPU), with float32 weights and outputs.
+
+    `policy` names another Keras mixed policy (e.g. "mixed_bfloat16" on a GPU, for benchmarks).
+    """
     import keras
 
-    policy = "mixed_float16" if _has_gpu() else "mixed_bfloat16"
+    policy = policy or ("mixed_float16" if _has_gpu() else "mixed_bfloat16")
     # Preprocessing (dequantization, reverse whitening) stays in float32: its inputs are exact there.
     keep_float32 = {*SERVING_OUTPUTS, PREPROCESSING_LAYER} | {
         layer.name for layer in model.layers if not layer.weights
@@ -208,12 +215,17 @@ def _predict_function(keras_model: Any) -> Any:
     return predict
 
 
-def pad_batch(examples: Sequence[Mapping[str, Any]], input_format: str) -> dict[str, np.ndarray]:
+def pad_batch(
+    examples: Sequence[Mapping[str, Any]], input_format: str, *, lengths: Sequence[int] = ()
+) -> dict[str, np.ndarray]:
     """Stacks parsed videos into the model's inputs, padding frames only to this batch's longest video.
 
     Args:
         examples: parsed records (`nextvlad.records.parse_frame_example` / `parse_video_example` dicts).
         input_format: "frame" or "video".
+        lengths: frame counts to pad up to: T is the smallest of them that holds the longest video (the
+            longest video itself when none does). With the length buckets' boundaries, a batch of one
+            bucket is padded to its bucket's end, so that compiled backends (JAX, PyTorch) see a few shapes.
 
     Returns:
         Frame level: `rgb` uint8 [B, T, 1024], `audio` uint8 [B, T, 128] (quantized as stored, zeros after
@@ -227,6 +239,7 @@ def pad_batch(examples: Sequence[Mapping[str, Any]], input_format: str) -> dict[
         }
     num_frames = np.array([e["num_frames"] for e in examples], dtype=np.int32)  # [B]
     longest = int(num_frames.max())
+    longest = min((n for n in lengths if n >= longest), default=longest)
     batch: dict[str, np.ndarray] = {"num_frames": num_frames}
     for name, size in FRAME_INPUTS.items():
         padded = np.zeros((len(examples), longest, size), dtype=np.uint8)  # [B, T, size]
@@ -234,13 +247,6 @@ def pad_batch(examples: Sequence[Mapping[str, Any]], input_format: str) -> dict[
             padded[i, : num_frames[i]] = example[name]
         batch[name] = padded
     return batch
-
-
-_BUCKET_FLUSH_SECONDS = 5  # a partly filled length bucket is scored after this long (bounded state)
-
-
-def _num_frames(example: Mapping[str, Any]) -> int:
-    return int(example["num_frames"])
 
 
 class NeXtVLADModelHandler(ModelHandler[dict, ScoredBatch, ScoringModel]):
@@ -256,9 +262,8 @@ class NeXtVLADModelHandler(ModelHandler[dict, ScoredBatch, ScoringModel]):
         share_model_across_processes: load one copy per worker machine and share it among its SDK
             processes (saves memory, and is what a single-GPU worker needs).
         model_copies: with sharing, how many copies to load per machine (e.g. one per GPU); implies sharing.
-        length_buckets: frame-count boundaries (e.g. `[64, 128, 192, 256]`): batches then hold videos of one
-            bucket only, so padding to the longest video costs little. Uses Beam's stateful, keyed
-            batching; None (default) batches in arrival order.
+        pad_lengths: frame counts each batch is padded up to (see `pad_batch`): the `BucketByLength`
+            boundaries when the pipeline buckets videos by length; empty: each batch's longest video.
 
     Example:
         >>> videos | RunInference(NeXtVLADModelHandler("model/model.keras", batch_size=64))  # ScoredBatch
@@ -273,7 +278,7 @@ class NeXtVLADModelHandler(ModelHandler[dict, ScoredBatch, ScoringModel]):
         precision: str = "float32",
         share_model_across_processes: bool = False,
         model_copies: int | None = None,
-        length_buckets: Sequence[int] | None = None,
+        pad_lengths: Sequence[int] = (),
     ) -> None:
         if input_format not in ("frame", "video"):
             raise ValueError(f"input_format={input_format!r}; expected 'frame' or 'video'")
@@ -283,23 +288,16 @@ class NeXtVLADModelHandler(ModelHandler[dict, ScoredBatch, ScoringModel]):
             raise ValueError(f"precision={precision!r}; expected one of {PRECISIONS}")
         if model_copies is not None and model_copies < 1:
             raise ValueError(f"model_copies={model_copies}; expected a positive count")
-        bucketing = {}
-        if length_buckets:
-            bucketing = dict(
-                batch_length_fn=_num_frames,
-                batch_bucket_boundaries=sorted(int(b) for b in length_buckets),
-                max_batch_duration_secs=_BUCKET_FLUSH_SECONDS,
-            )
         super().__init__(
             min_batch_size=batch_size,
             max_batch_size=batch_size,
-            **bucketing,
             large_model=share_model_across_processes,
             model_copies=model_copies,
         )
         self._model_uri = model_uri
         self._input_format = input_format
         self._precision = precision
+        self._pad_lengths = sorted(int(n) for n in pad_lengths)
 
     def load_model(self) -> ScoringModel:
         model = ScoringModel(self._model_uri, precision=self._precision)
@@ -316,7 +314,7 @@ class NeXtVLADModelHandler(ModelHandler[dict, ScoredBatch, ScoringModel]):
         model: ScoringModel,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[ScoredBatch]:
-        outputs = model.score(pad_batch(batch, self._input_format))
+        outputs = model.score(pad_batch(batch, self._input_format, lengths=self._pad_lengths))
         Metrics.counter(METRICS_NAMESPACE, "batches").inc()
         # One result per batch, not per video: rows are formatted a batch at a time (top-k over [B, C]).
         return [ScoredBatch(list(batch), outputs["predictions"], outputs["embedding"])]

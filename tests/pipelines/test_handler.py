@@ -44,6 +44,25 @@ def test_batch_is_padded_only_to_its_longest_video_with_zeros(videos):
         assert not batch["rgb"][i, lengths[i] :].any() and not batch["audio"][i, lengths[i] :].any()
 
 
+def test_batch_is_padded_up_to_the_first_length_that_holds_its_longest_video(videos):
+    longest = max(v["num_frames"] for v in videos)
+    assert pad_batch(videos, "frame", lengths=(longest - 1, longest + 3, 50))["rgb"].shape[1] == longest + 3
+    assert pad_batch(videos, "frame", lengths=(longest,))["audio"].shape[1] == longest
+    assert pad_batch(videos, "frame", lengths=(longest - 1,))["rgb"].shape[1] == longest  # none holds it
+    batch = pad_batch(videos, "frame", lengths=(longest + 3,))
+    assert batch["num_frames"].tolist() == [v["num_frames"] for v in videos]
+    assert not batch["rgb"][:, longest:].any() and not batch["audio"][:, longest:].any()
+
+
+def test_padding_to_a_bucket_end_changes_no_score(model_path, videos):
+    model = NeXtVLADModelHandler(str(model_path)).load_model()
+    longest = max(v["num_frames"] for v in videos)
+    tight = model.score(pad_batch(videos, "frame"))
+    padded = model.score(pad_batch(videos, "frame", lengths=(longest + 20,)))
+    for name in ("predictions", "embedding"):
+        np.testing.assert_allclose(padded[name], tight[name], atol=1e-6)
+
+
 def test_run_inference_returns_numpy_equal_to_predicting_each_video_alone(model_path, videos):
     handler = NeXtVLADModelHandler(str(model_path), batch_size=4)
     model = handler.load_model()

@@ -500,6 +500,7 @@ def test_the_job_is_built_from_small_named_transforms(corpus, tmp_path):
         "ReadFrameRecords",
         "ReshuffleRecords",
         "ParseRecords",
+        "BucketByLength",
         "RunInference",
         "FormatRows",
         "WriteParquet",

@@ -161,3 +161,49 @@ def test_corrupt_file_error_survives_pickling():
     error = CorruptFileError("gs://b/f.tfrecord", 42, "is truncated", data=b"xy")
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.path, copy.byte_offset, copy.data, str(copy)) == (error.path, 42, b"xy", str(error))
+
+
+def _bucketed(lengths, boundaries, batch_size):
+    """Runs the bucketing DoFn over one bundle of videos with these frame counts; returns the order out."""
+    from apache_beam.transforms.window import GlobalWindow
+
+    from pipelines.transforms import BucketByLength
+
+    fn = BucketByLength(boundaries, batch_size=batch_size)._fn
+    fn.start_bundle()
+    out = []
+    for i, n in enumerate(lengths):
+        out += list(fn.process({"id": f"v{i}", "num_frames": n}, window=GlobalWindow()))
+    out += [w.value for w in fn.finish_bundle()]
+    return [(e["id"], e["num_frames"]) for e in out]
+
+
+def test_bucket_by_length_emits_full_buckets_as_runs_and_the_rest_sorted():
+    # Boundaries [100, 200]: buckets <100, 100-199, >=200. Batch size 2.
+    out = _bucketed([250, 50, 150, 300, 60, 120, 10], [100, 200], 2)
+    # Each bucket leaves as one run (in arrival order) when it fills: >=200 at the 4th video, <100 at the
+    # 5th, 100-199 at the 6th; the video left over when the bundle ends comes last.
+    assert out == [("v0", 250), ("v3", 300), ("v1", 50), ("v4", 60), ("v2", 150), ("v5", 120), ("v6", 10)]
+
+
+def test_bucket_by_length_pads_a_mixed_stream_less_and_keeps_every_video():
+    rng = np.random.default_rng(0)
+    lengths = [int(n) for n in rng.choice([30, 150, 300], size=200)]
+    out = _bucketed(lengths, [120, 240], 8)
+    assert sorted(out) == sorted((f"v{i}", n) for i, n in enumerate(lengths))
+
+    def padded_slots(order):
+        return sum(len(b) * max(b) for b in (order[i : i + 8] for i in range(0, len(order), 8)))
+
+    # Arrival order pads nearly every batch to 300 frames; bucketed, only the last partial batch mixes.
+    assert padded_slots(lengths) >= 290 * len(lengths)
+    assert padded_slots([n for _, n in out]) <= sum(lengths) + 8 * 300
+
+
+def test_bucket_by_length_refuses_bad_settings():
+    from pipelines.transforms import BucketByLength
+
+    with pytest.raises(ValueError, match="positive frame counts"):
+        BucketByLength([0, 100], batch_size=4)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        BucketByLength([100], batch_size=0)
