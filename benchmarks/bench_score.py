@@ -31,8 +31,8 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,31 +41,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import machine_description  # noqa: E402
+from common import LENGTH_MIXES, machine_description, score_in_subprocess, write_length_mix_corpus  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-# Runs one scoring job in a fresh process; prints its summary, CPU time and peak RSS as JSON on the last line.
-# Peak RSS is VmHWM (this process since exec): getrusage's ru_maxrss would also count the parent's memory
-# at fork time. Worker subprocesses (multi_processing) are covered by RUSAGE_CHILDREN.
-_CHILD = """
-import json, resource, sys, time
-from pipelines import score
-
-def peak_kib():
-    with open("/proc/self/status") as f:
-        return int(next(line for line in f if line.startswith("VmHWM")).split()[1])
-
-cpu = time.process_time()
-summary = score.run(sys.argv[1:])
-cpu = time.process_time() - cpu
-children = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps({
-    "videos": summary.videos_scored, "records": summary.records_read, "seconds": summary.seconds,
-    "batches": summary.batches, "cpu_seconds": cpu + children.ru_utime + children.ru_stime,
-    "peak_rss_mib": max(peak_kib(), children.ru_maxrss) / 1024,
-}))
-"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,6 +54,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=64, help="videos per inference batch (default 64)")
     p.add_argument("--min_frames", type=int, default=30, help="shortest synthetic video (default 30)")
     p.add_argument("--max_frames", type=int, default=120, help="longest synthetic video (default 120)")
+    p.add_argument(
+        "--length_mix",
+        choices=sorted(LENGTH_MIXES),
+        help="video lengths from a named mix instead of --min_frames..--max_frames (yt8m: 10%% 10-119 "
+        "frames, 60%% 120-299, 30%% 300), interleaved in arrival order",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("float32", "mixed"),
+        default="float32",
+        help="the handler's precision, for the bare model and the pipeline alike (default float32)",
+    )
+    p.add_argument(
+        "--versus",
+        help="pipeline flags of a second configuration measured in every repeat right after the first "
+        "(e.g. '--length_buckets=none'): its steady videos/s and CPU per video ÷ the first's",
+    )
     p.add_argument("--repeats", type=int, default=3, help="bare + small + big measurements (default 3)")
     p.add_argument("--workdir", help="keep the corpus, model and outputs here (default: a temporary dir)")
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -105,21 +100,24 @@ def _score(pattern: str, model: str, output: str, batch_size: int, extra: list[s
         f"--output={output}",
         f"--batch_size={batch_size}",
         "--runner=DirectRunner",
+        "--overwrite",
         *extra,
     ]
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, *argv], cwd=REPO_ROOT, capture_output=True, text=True, check=False
-    )
-    if proc.returncode:
-        raise RuntimeError(f"scoring run failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return score_in_subprocess(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import keras
 
-    from nextvlad import ModelConfig, build_model, count_trainable_parameters, serving_model, synthetic, yt8m
+    from nextvlad import (
+        ModelConfig,
+        build_model,
+        count_trainable_parameters,
+        records,
+        serving_model,
+        synthetic,
+    )
     from pipelines.handler import ScoringModel, pad_batch
 
     config = ModelConfig.preset(args.preset)
@@ -129,16 +127,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"workdir: {workdir}")
 
     # Video i of the corpus does not depend on the shard count: shard 0 is the small run's corpus.
-    corpus = synthetic.generate_corpus(
-        workdir / "corpus",
-        num_videos=args.videos * args.scale,
-        num_classes=config.num_classes,
-        shards=args.scale,
-        seed=0,
-        min_frames=args.min_frames,
-        max_frames=args.max_frames,
-    )
-    small_pattern, big_pattern = corpus["files"][0], str(workdir / "corpus" / "*.tfrecord")
+    if args.length_mix:
+        files = write_length_mix_corpus(
+            workdir / "corpus",
+            mix=args.length_mix,
+            num_videos=args.videos * args.scale,
+            shards=args.scale,
+            num_classes=config.num_classes,
+            seed=0,
+        )
+        lengths = f"the {args.length_mix} length mix"
+    else:
+        files = synthetic.generate_corpus(
+            workdir / "corpus",
+            num_videos=args.videos * args.scale,
+            num_classes=config.num_classes,
+            shards=args.scale,
+            seed=0,
+            min_frames=args.min_frames,
+            max_frames=args.max_frames,
+        )["files"]
+        lengths = f"{args.min_frames}-{args.max_frames} frames"
+    small_pattern, big_pattern = files[0], str(workdir / "corpus" / "*.tfrecord")
     keras.utils.set_random_seed(0)
     model = serving_model(build_model(config))
     model_path = workdir / "model" / "model.keras"
@@ -147,18 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     params = count_trainable_parameters(model)
     print(
         f"model: preset {args.preset} ({params:,} trainable parameters); corpus: {args.videos} × "
-        f"{args.scale} videos, {args.min_frames}-{args.max_frames} frames; batch {args.batch_size}"
+        f"{args.scale} videos, {lengths}; batch {args.batch_size}, {args.precision}"
     )
 
-    videos = [
-        yt8m.parse_frame_example(r, num_classes=config.num_classes)
-        for r in yt8m.peek_records(small_pattern, args.videos)
-    ]
+    videos = [records.parse_frame_example(r, num_classes=None) for r in records.iter_tfrecords(small_pattern)]
     batches = [
         pad_batch(videos[i : i + args.batch_size], "frame") for i in range(0, len(videos), args.batch_size)
     ]
     fill = sum(v["num_frames"] for v in videos) / sum(b["rgb"].shape[0] * b["rgb"].shape[1] for b in batches)
-    scoring_model = ScoringModel(str(model_path))
+    scoring_model = ScoringModel(str(model_path), precision=args.precision)
     for predict in (model.predict_on_batch, scoring_model.score):  # trace both for every shape
         for batch in batches:
             predict(batch)
@@ -169,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{handler_once:.1f} with the handler's function (frames / padded frames = {fill:.2f})"
     )
 
-    extra = list(args.pipeline_args)
+    extra = [*args.pipeline_args, f"--precision={args.precision}"]
     repeats = []
     for repeat in range(args.repeats):
         bare = _bare_inference(scoring_model.score, batches, args.scale - 1)
@@ -192,7 +199,35 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_end_to_end": big["videos"] / big["seconds"] / bare["videos_per_second"],
             "ratio_cpu": bare["cpu_seconds_per_video"] / steady_cpu,
             "rss_ratio": big["peak_rss_mib"] / small["peak_rss_mib"],
+            "pipeline_padded_fraction": 1 - big["frames"] / big["padded_slots"],
         }
+        if args.versus:
+            versus = [*extra, *shlex.split(args.versus)]
+            other_small = _score(
+                small_pattern, str(model_path), str(workdir / "out-small" / "s"), args.batch_size, versus
+            )
+            other_big = _score(
+                big_pattern, str(model_path), str(workdir / "out-big" / "s"), args.batch_size, versus
+            )
+            other_steady = extra_videos / (other_big["seconds"] - other_small["seconds"])
+            other_cpu = (other_big["cpu_seconds"] - other_small["cpu_seconds"]) / extra_videos
+            measured["versus"] = {
+                "flags": args.versus,
+                "small": other_small,
+                "big": other_big,
+                "steady_videos_per_second": other_steady,
+                "steady_cpu_ms_per_video": other_cpu * 1e3,
+                "pipeline_padded_fraction": 1 - other_big["frames"] / other_big["padded_slots"],
+            }
+            measured["speed_over_versus"] = steady / other_steady
+            measured["versus_cpu_over_cpu"] = other_cpu / steady_cpu
+            print(
+                f"  versus {args.versus}: steady {other_steady:.1f} videos/s, "
+                f"{other_cpu * 1e3:.2f} CPU-ms/video, padded frames "
+                f"{measured['versus']['pipeline_padded_fraction']:.1%}; first ÷ versus: videos/s "
+                f"{measured['speed_over_versus']:.2f}, versus ÷ first CPU per video "
+                f"{measured['versus_cpu_over_cpu']:.2f}"
+            )
         repeats.append(measured)
         print(
             f"repeat {repeat + 1}: bare {bare['videos_per_second']:.1f} videos/s; pipeline {small['videos']} "
@@ -201,11 +236,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{measured['end_to_end_videos_per_second']:.1f} (ratio {measured['ratio_end_to_end']:.2f}); "
             f"CPU-ms/video bare {measured['bare_cpu_ms_per_video']:.2f} vs pipeline "
             f"{measured['steady_cpu_ms_per_video']:.2f}; peak RSS {small['peak_rss_mib']:.0f} / "
-            f"{big['peak_rss_mib']:.0f} MiB"
+            f"{big['peak_rss_mib']:.0f} MiB; padded frames {measured['pipeline_padded_fraction']:.1%} of the "
+            f"pipeline's batches ({1 - fill:.1%} in the bare batches)"
         )
 
     def median(key: str) -> float:
         return statistics.median(r[key] for r in repeats)
+
+    if args.versus:
+        print(
+            f"median over {args.repeats}, first ÷ versus ({args.versus}): steady videos/s "
+            f"{median('speed_over_versus'):.2f}; versus ÷ first, CPU per video "
+            f"{median('versus_cpu_over_cpu'):.2f}"
+        )
 
     results = {
         "date": datetime.date.today().isoformat(),
@@ -219,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "frames": [args.min_frames, args.max_frames],
         "frames_per_padded_frame": fill,
+        "length_mix": args.length_mix,
+        "precision": args.precision,
         "bare_one_pass_videos_per_second": {"predict_on_batch": keras_once, "handler_function": handler_once},
         "pipeline_extra_args": extra,
         "repeats": repeats,
@@ -233,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bare_cpu_ms_per_video",
                 "steady_cpu_ms_per_video",
                 "ratio_cpu",
+                "pipeline_padded_fraction",
             )
         },
         "rss_ratio_max": max(r["rss_ratio"] for r in repeats),
@@ -246,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"CPU per video, bare ÷ pipeline: {m['ratio_cpu']:.2f} ({m['bare_cpu_ms_per_video']:.2f} vs "
         f"{m['steady_cpu_ms_per_video']:.2f} CPU-ms)"
+    )
+    print(
+        f"padded frames: {m['pipeline_padded_fraction']:.1%} of the pipeline's batch slots, "
+        f"{1 - fill:.1%} of the bare model's (arrival order)"
     )
     print(
         f"peak RSS {args.videos * args.scale} ÷ {args.videos} videos: at most "

@@ -1,12 +1,18 @@
-"""The protobuf-based record parser the scoring path used before it read the wire format directly.
+"""The scoring path as it was before it read the wire format directly and kept frames uint8.
 
-Kept for two uses only: `bench_score.py` measures the old path beside the new one, and the tests check
-that `nextvlad.records` gives the same answers on every kind of record, good and bad. It needs TensorFlow
-(for the `tf.train` protos) and returns dequantized float32 frames, as the old path did.
+Kept for two uses only: `bench_pipeline_cost.py` measures the old path beside the new one, and the tests
+check that `nextvlad.records` gives the same answers on every kind of record, good and bad. It needs
+TensorFlow (for the `tf.train` protos) and returns dequantized float32 frames, as the old path did.
+
+The old path, piece by piece: `parse_frame_example` (protobuf decode, re-encoding of the frame lists,
+dequantization to float32: 4 bytes per feature), `pad_batch` (float32 padding, a second copy), and a model
+that takes those float32 frames (`float_input_model`). `install_old_scoring_path` puts all three into the
+scoring pipeline of the current process, so that `pipelines.score` runs the old path end to end.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -298,3 +304,76 @@ def _has_frame_lists(data: bytes) -> bool:
     except DecodeError:
         return False
     return len(seq.feature_lists.feature_list) > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# The rest of the old path: float padding, a float-input model, and putting them into the pipeline
+# --------------------------------------------------------------------------------------------------
+
+
+def pad_batch(
+    examples: Sequence[Mapping[str, Any]], input_format: str, *, lengths: Sequence[int] = ()
+) -> dict[str, np.ndarray]:
+    """The old handler's padding: float32 frames [B, T, D] (zeros after each video), T the longest video
+    (or the first of `lengths` that holds it, as `pipelines.handler.pad_batch` does)."""
+    if input_format != "frame":
+        raise ValueError("the old path is kept for frame-level records only")
+    num_frames = np.array([e["num_frames"] for e in examples], dtype=np.int32)  # [B]
+    longest = int(num_frames.max())
+    longest = min((n for n in lengths if n >= longest), default=longest)
+    batch: dict[str, np.ndarray] = {"num_frames": num_frames}
+    for name, size in (("rgb", RGB_SIZE), ("audio", AUDIO_SIZE)):
+        padded = np.zeros((len(examples), longest, size), dtype=np.float32)  # [B, T, size]
+        for i, example in enumerate(examples):
+            padded[i, : num_frames[i]] = example[name]
+        batch[name] = padded
+    return batch
+
+
+def float_input_model(config: Any) -> Any:
+    """The serving model of `config` as the old path built it: float32 dequantized frames in, no
+    preprocessing layer. Outputs `predictions` and `embedding`, like `nextvlad.serving_model`."""
+    import keras
+
+    from nextvlad.layers import FrameMask
+    from nextvlad.model import _branch
+
+    inputs = {
+        "rgb": keras.Input((None, config.rgb_size), dtype="float32", name="rgb"),
+        "audio": keras.Input((None, config.audio_size), dtype="float32", name="audio"),
+        "num_frames": keras.Input((), dtype="int32", name="num_frames"),
+    }
+    mask = FrameMask(name="frame_mask")(inputs["rgb"], inputs["num_frames"])
+    logits, embedding = _branch(config, inputs, mask, prefix="")
+    outputs = {
+        "predictions": keras.layers.Activation("sigmoid", dtype="float32", name="predictions")(logits),
+        "embedding": keras.layers.Activation("linear", dtype="float32", name="embedding")(embedding),
+    }
+    return keras.Model(inputs, outputs, name="float_input_model")
+
+
+def install_old_scoring_path(config: Any) -> None:
+    """Makes `pipelines.score` in this process parse, pad and score as the old path did.
+
+    The pipeline checks still see the saved uint8 model (its inputs and outputs tell them the model's
+    kind); the records are then parsed with the protobuf parser above, padded as float32, and scored
+    by `float_input_model(config)` through the handler's own compiled function. Works with the
+    in-process DirectRunner, whose workers share this process's modules.
+    """
+    import types
+
+    from nextvlad import records
+    from pipelines import handler, transforms
+
+    model = float_input_model(config)
+    compile_predict = handler._predict_function
+    handler._predict_function = lambda _saved_model: compile_predict(model)
+    handler.pad_batch = pad_batch
+
+    def parse(serialized: bytes, *, max_frames: int | None = MAX_FRAMES, num_classes: int | None = None):
+        # The old parser always checked labels; the scoring path keeps any label id.
+        return parse_frame_example(
+            serialized, max_frames=max_frames or MAX_FRAMES, num_classes=num_classes or 1 << 62
+        )
+
+    transforms.records = types.SimpleNamespace(**{**vars(records), "parse_frame_example": parse})
