@@ -28,8 +28,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
 from nextvlad.extraction.backbone import Backbone, BackboneSpec
-from nextvlad.extraction.decode import VideoDecodeError, decode_video, is_local
+from nextvlad.extraction.decode import VideoDecodeError, decode_video
 from nextvlad.extraction.mel import log_mel_patches
+from nextvlad.files import is_remote
 from nextvlad.records import AUDIO_SIZE, frame_example_bytes, quantize
 from pipelines.handler import enable_gpu_memory_growth
 from pipelines.transforms import DEAD_LETTER, METRICS_NAMESPACE, dead_letter
@@ -153,7 +154,7 @@ class _DecodeFn(beam.DoFn):
             threads=self._threads,
             name=video.path,
         )
-        if is_local(video.path):
+        if not is_remote(video.path):  # FFmpeg reads local files itself
             return decode_video(video.path, **kwargs)
         try:
             handle = FileSystems.open(video.path)

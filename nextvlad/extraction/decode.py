@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import logging
 import math
-import os
 from collections import deque
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -446,16 +445,3 @@ class _AudioCollector:
         data = data[: max(0, total - offset)]
         out[offset : offset + data.size] = data
         return out
-
-
-def is_local(path: str) -> bool:
-    """True for a path FFmpeg can open itself (no `scheme://`)."""
-    return "://" not in path and not path.startswith("gs:")
-
-
-def file_size(path: str) -> int | None:
-    """Size in bytes of a local file, None when it cannot be stat'ed."""
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return None

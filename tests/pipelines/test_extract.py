@@ -64,6 +64,12 @@ def _dead_letters(output):
     return lines
 
 
+def _args(pattern, output, assets, *extra, pca=True):
+    """`pipelines.extract` arguments with the test backbone (and the identity PCA unless pca=False)."""
+    args = [f"--input={pattern}", f"--output={output}", f"--backbone={assets['backbone']}"]
+    return [*args, f"--pca_dir={assets['pca']}", *extra] if pca else [*args, *extra]
+
+
 @pytest.fixture(scope="module")
 def mixed_run(assets, tmp_path_factory):
     folder = tmp_path_factory.mktemp("mixed")
@@ -74,16 +80,7 @@ def mixed_run(assets, tmp_path_factory):
     labels = folder / "labels.csv"
     labels.write_text("path_or_stem,label_ids,id\ntone.mp4,3 7,\nquiet,5,quiet-video\n")
     output = folder / "out" / "part"
-    summary = extract.run(
-        [
-            f"--input={videos}/*",
-            f"--output={output}",
-            f"--backbone={assets['backbone']}",
-            f"--pca_dir={assets['pca']}",
-            f"--labels={labels}",
-            "--num_shards=2",
-        ]
-    )
+    summary = extract.run(_args(f"{videos}/*", output, assets, f"--labels={labels}", "--num_shards=2"))
     return {"summary": summary, "output": output, "expected": expected, "reasons": reasons, "videos": videos}
 
 
@@ -140,12 +137,7 @@ def _one_clip(tmp_path, assets, name):
     videos.mkdir()
     write_clip(str(videos / name), duration=2.0, fps=2)
     output = tmp_path / "out" / "part"
-    args = [
-        f"--input={videos}/*",
-        f"--output={output}",
-        f"--backbone={assets['backbone']}",
-        f"--pca_dir={assets['pca']}",
-    ]
+    args = _args(f"{videos}/*", output, assets)
     return videos, output, args
 
 
@@ -169,9 +161,7 @@ def test_fit_pca_then_pca_dir_reproduce_the_same_features(assets, tmp_path):
     for i in range(4):
         write_clip(str(videos / f"clip{i}.mp4"), duration=3.0 + i, fps=2)
     fitted = tmp_path / "fit" / "part"
-    summary = extract.run(
-        [f"--input={videos}/*", f"--output={fitted}", f"--backbone={assets['backbone']}", "--fit_pca=1000"]
-    )
+    summary = extract.run(_args(f"{videos}/*", fitted, assets, "--fit_pca=1000", pca=False))
     assert summary.videos_extracted == 4
     pca_dir = fitted.parent / "part-pca"
     eigenvals = np.load(pca_dir / "eigenvals.npy").reshape(-1)
@@ -193,14 +183,7 @@ def test_fit_pca_then_pca_dir_reproduce_the_same_features(assets, tmp_path):
     np.testing.assert_allclose(np.load(pca_dir / "mean.npy").reshape(-1), features.mean(0), atol=1e-5)
 
     again = tmp_path / "again" / "part"
-    extract.run(
-        [
-            f"--input={videos}/*",
-            f"--output={again}",
-            f"--backbone={assets['backbone']}",
-            f"--pca_dir={pca_dir}",
-        ]
-    )
+    extract.run(_args(f"{videos}/*", again, assets, f"--pca_dir={pca_dir}", pca=False))
     first, second = _records(fitted), _records(again)
     assert set(first) == set(second) == {f"clip{i}" for i in range(4)}
     for video_id in first:
@@ -266,15 +249,7 @@ def test_own_videos_end_to_end_extract_train_score(assets, tmp_path):
         rows.append(f"v{i:02d},{label}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     features = tmp_path / "features" / "part"
-    summary = extract.run(
-        [
-            f"--input={videos}/*.mp4",
-            f"--output={features}",
-            f"--backbone={assets['backbone']}",
-            f"--pca_dir={assets['pca']}",
-            f"--labels={tmp_path / 'labels.csv'}",
-        ]
-    )
+    summary = extract.run(_args(f"{videos}/*.mp4", features, assets, f"--labels={tmp_path / 'labels.csv'}"))
     assert summary.videos_extracted == 40 and summary.num_dead_letters == 0
 
     model_dir = tmp_path / "model"
@@ -322,12 +297,7 @@ def test_with_vggish_audio_features_come_from_the_soundtrack(assets, tmp_path):
     write_clip(str(videos / "quiet.webm"), duration=3.0, fps=2)
     output = tmp_path / "o" / "part"
     summary = extract.run(
-        [
-            f"--input={videos}/*",
-            f"--output={output}",
-            f"--backbone={assets['backbone']}",
-            f"--pca_dir={assets['pca']}",
-        ]
+        _args(f"{videos}/*", output, assets)
         + [
             f"--vggish_checkpoint={tmp_path / 'vggish_model.ckpt'}",
             f"--vggish_pca={tmp_path / 'vggish_pca_params.npz'}",
