@@ -169,10 +169,20 @@ class _DecodeFn(beam.DoFn):
                 raise VideoDecodeError(f"{video.path}: the file is empty (0 bytes)", reason="empty_file")
             decoded = self._decode(video)
         except VideoDecodeError as e:
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER, dead_letter(video.path, None, e.reason, e.message, video_id=video.video_id)
-            )
+            reason, message = e.reason, e.message
+        except OSError as e:  # e.g. a remote object deleted or cut off while it was being read
+            reason, message = "unreadable", f"{video.path}: reading failed part-way ({e})"
+        except Exception as e:
+            # Not a problem of the file that the decoder knows about: fail loudly, naming the file.
+            raise RuntimeError(f"Decoding {video.path} failed: {e!r}") from e
+        else:
+            yield self._video(video, decoded)
             return
+        yield beam.pvalue.TaggedOutput(
+            DEAD_LETTER, dead_letter(video.path, None, reason, message, video_id=video.video_id)
+        )
+
+    def _video(self, video: VideoFile, decoded: Any) -> dict[str, Any]:
         seconds = min(decoded.duration, float(decoded.num_frames))
         self._frames.inc(decoded.num_frames)
         self._milliseconds.inc(int(round(seconds * 1000)))
@@ -185,7 +195,7 @@ class _DecodeFn(beam.DoFn):
         if time.monotonic() - self._last_report > _PROGRESS_SECONDS:
             logger.info("decoded %d videos in this worker (latest: %s)", self._done, video.path)
             self._last_report = time.monotonic()
-        yield {
+        return {
             "id": video.video_id,
             "labels": list(video.labels),
             "path": video.path,
