@@ -2,12 +2,12 @@
 # The GPU kit: model forward speed and the scoring pipeline on one GPU, with Keras on JAX, no TensorFlow.
 #
 # On a machine with PyPI access, fetch the Python 3.12 wheels that the GPU machine lacks into .whl/
-# (git-ignored; about 36 MiB):
+# (git-ignored; 19 wheels, 38 MiB):
 #
 #     bash benchmarks/gpu.sh download
 #
 # On the GPU machine (one H100/H200, Python 3.12 with JAX and PyTorch, no TensorFlow, no network), from the
-# repository root with .whl/ beside it; it finishes in about 5 minutes:
+# repository root with .whl/ beside it (meant to finish in under 8 minutes; not timed on a GPU yet):
 #
 #     bash benchmarks/gpu.sh
 #

@@ -200,8 +200,8 @@ def _parser() -> argparse.ArgumentParser:
         f"{','.join(map(str, DEFAULT_LENGTH_BUCKETS))}: YouTube-8M's lengths). Videos of one bucket are "
         "batched together (a bounded buffer per bucket and bundle: no shuffle, no keyed state) and each "
         "batch is padded to its bucket's end, so compiled backends see a few shapes. On a YouTube-8M-like "
-        "length mix this halved the padded frames (25%% -> 12%%) and cost less CPU per video than arrival "
-        "order (BENCHMARKS.md, scoring). 'none' batches in arrival order",
+        "length mix this halved the padded frames (25%% -> 12%%) and took 11%% less CPU per video than "
+        "arrival order with the paper preset (BENCHMARKS.md, scoring). 'none': arrival order",
     )
     parser.add_argument(
         "--precision",
