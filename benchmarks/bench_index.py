@@ -77,7 +77,7 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores visible, faiss {faiss.__version__} ({threads} threads)"
 
 
-def _time_pipeline(rows: int, embedding_dim: int, dim: int, seed: int) -> dict:
+def _time_pipeline(rows: int, embedding_dim: int, dim: int, seed: int, transform: str) -> dict:
     """Runs `pipelines.index` (DirectRunner) on `rows` synthetic scored rows; returns its timings."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -107,13 +107,19 @@ def _time_pipeline(rows: int, embedding_dim: int, dim: int, seed: int) -> dict:
         del embeddings
         start = time.perf_counter()
         metadata = index_job.run(
-            [f"--embeddings={tmp}/scores-*.parquet", f"--output={tmp}/index", f"--dim={dim}"]
+            [
+                f"--embeddings={tmp}/scores-*.parquet",
+                f"--output={tmp}/index",
+                f"--dim={dim}",
+                f"--transform={transform}",
+            ]
         )
         wall = time.perf_counter() - start
     return {
         "rows": rows,
         "embedding_dim": embedding_dim,
         "dim": dim,
+        "transform": transform,
         "wall_s": round(wall, 1),
         "rows_per_s": round(rows / wall),
         "timings_s": metadata["timings_s"],
@@ -145,6 +151,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--pipeline_embedding_dim", type=int, default=1024, help="E for --pipeline_rows (1024)"
+    )
+    parser.add_argument(
+        "--pipeline_transform",
+        default="pca",
+        help="pipelines.index --transform for --pipeline_rows (default pca, the index's default)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results to this JSON file")
@@ -259,7 +270,7 @@ def main(argv=None) -> dict:
         results.update(index_results)
     if args.pipeline_rows:
         results["pipeline"] = _time_pipeline(
-            args.pipeline_rows, args.pipeline_embedding_dim, args.dim, args.seed
+            args.pipeline_rows, args.pipeline_embedding_dim, args.dim, args.seed, args.pipeline_transform
         )
         print(f"pipelines.index: {json.dumps(results['pipeline'])}")
     print("\n".join(rows))

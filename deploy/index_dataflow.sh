@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the retrieval index (tensorflow-transform PCA-whitening + nearest-neighbour index) from
+# Builds the retrieval index (tensorflow-transform PCA, --transform, + nearest-neighbour index) from
 # scored Parquet files on Dataflow. CPU workers are enough: the job is a few passes of linear algebra.
 #
 #   PROJECT=my-project BUCKET=gs://my-bucket EMBEDDINGS='gs://my-bucket/scores/run1-*.parquet' \
