@@ -187,17 +187,22 @@ def inspect_model(model: str) -> ModelInfo:
         del keras_model
 
 
-def pad_batch(examples: Sequence[Mapping[str, Any]], input_format: str) -> dict[str, np.ndarray]:
-    """Stacks parsed videos into a serving model's inputs, padding frames only to the batch's longest video.
+def pad_batch(
+    examples: Sequence[Mapping[str, Any]], input_format: str, *, lengths: Sequence[int] = ()
+) -> dict[str, np.ndarray]:
+    """Stacks parsed videos into a serving model's inputs, padding frames only as far as needed.
 
     Args:
         examples: parsed records (`nextvlad.records.parse_frame_example` / `parse_video_example` dicts).
         input_format: "frame" or "video".
+        lengths: frame counts to pad up to: T is the smallest of them that holds the longest video (the
+            longest video itself when none does). With a few fixed lengths, compiled backends (JAX,
+            PyTorch) see a few input shapes instead of one per batch.
 
     Returns:
         Frame level: `rgb` uint8 [B, T, 1024], `audio` uint8 [B, T, 128] (as stored, zeros after each video's
-        frames), `num_frames` int32 [B], with T the longest video of the batch. Video level: `mean_rgb`
-        float32 [B, 1024], `mean_audio` float32 [B, 128].
+        frames), `num_frames` int32 [B]. Video level: `mean_rgb` float32 [B, 1024], `mean_audio` float32
+        [B, 128].
     """
     if input_format == "video":
         return {
@@ -206,6 +211,7 @@ def pad_batch(examples: Sequence[Mapping[str, Any]], input_format: str) -> dict[
         }
     num_frames = np.array([e["num_frames"] for e in examples], dtype=np.int32)  # [B]
     longest = int(num_frames.max())
+    longest = min((n for n in lengths if n >= longest), default=longest)
     batch: dict[str, np.ndarray] = {"num_frames": num_frames}
     for name, size in FRAME_INPUTS.items():
         padded = np.zeros((len(examples), longest, size), dtype=np.uint8)  # [B, T, size]

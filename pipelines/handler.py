@@ -33,16 +33,15 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
 from nextvlad.serving import (
-    FRAME_INPUTS,
     MODEL_FILE,
     PREPROCESSING_LAYER,
     SERVING_OUTPUTS,
-    VIDEO_INPUTS,
     InvalidModelError,
     ModelInfo,
     describe_model,
     inspect_model,
     load_model,
+    pad_batch,
     resolve_model_file,
 )
 from pipelines.transforms import ScoredBatch
@@ -213,40 +212,6 @@ def _predict_function(keras_model: Any) -> Any:
         return {name: outputs[name] for name in SERVING_OUTPUTS}
 
     return predict
-
-
-def pad_batch(
-    examples: Sequence[Mapping[str, Any]], input_format: str, *, lengths: Sequence[int] = ()
-) -> dict[str, np.ndarray]:
-    """Stacks parsed videos into the model's inputs, padding frames only to this batch's longest video.
-
-    Args:
-        examples: parsed records (`nextvlad.records.parse_frame_example` / `parse_video_example` dicts).
-        input_format: "frame" or "video".
-        lengths: frame counts to pad up to: T is the smallest of them that holds the longest video (the
-            longest video itself when none does). With the length buckets' boundaries, a batch of one
-            bucket is padded to its bucket's end, so that compiled backends (JAX, PyTorch) see a few shapes.
-
-    Returns:
-        Frame level: `rgb` uint8 [B, T, 1024], `audio` uint8 [B, T, 128] (quantized as stored, zeros after
-        each video's frames), `num_frames` int32 [B], with T the longest video of the batch. Video level:
-        `mean_rgb` float32 [B, 1024], `mean_audio` float32 [B, 128].
-    """
-    if input_format == "video":
-        return {
-            name: np.stack([e[name] for e in examples]).astype(np.float32, copy=False)
-            for name in VIDEO_INPUTS
-        }
-    num_frames = np.array([e["num_frames"] for e in examples], dtype=np.int32)  # [B]
-    longest = int(num_frames.max())
-    longest = min((n for n in lengths if n >= longest), default=longest)
-    batch: dict[str, np.ndarray] = {"num_frames": num_frames}
-    for name, size in FRAME_INPUTS.items():
-        padded = np.zeros((len(examples), longest, size), dtype=np.uint8)  # [B, T, size]
-        for i, example in enumerate(examples):
-            padded[i, : num_frames[i]] = example[name]
-        batch[name] = padded
-    return batch
 
 
 class NeXtVLADModelHandler(ModelHandler[dict, ScoredBatch, ScoringModel]):

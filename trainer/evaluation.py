@@ -68,27 +68,27 @@ class _Rows:
         return self._data[: self._size]
 
 
-def _stable_shapes(inputs: dict[str, np.ndarray], batch_size: int, info: ModelInfo) -> dict[str, np.ndarray]:
-    """Pads a batch to one of a few shapes, so compiled predict functions are traced a few times only.
+def _frame_lengths(info: ModelInfo) -> tuple[int, ...]:
+    """The frame counts batches are padded up to: multiples of `_FRAME_BUCKET`, then the model's limit.
 
-    Each frame-level batch is only as long as its longest video, so T takes up to `max_frames` values,
-    and the last batch is short; every new shape costs a retrace (seconds for the paper's model, and
-    every time on jit backends). T is rounded up to a multiple of `_FRAME_BUCKET` (the padded frames
-    are masked by `num_frames`, so scores do not change) and a short batch after full ones is filled
-    with copies of its last video, whose scores are dropped.
+    Each frame-level batch would otherwise be as long as its longest video, so T would take up to
+    `max_frames` values, each a retrace of the compiled predict function (seconds for the paper's model,
+    every time on jit backends). Padded frames are masked by `num_frames`: scores do not change.
     """
+    if info.input_format != "frame":
+        return ()
+    return (*range(_FRAME_BUCKET, info.max_frames, _FRAME_BUCKET), info.max_frames)
+
+
+def _fill_rows(inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """A short batch after full ones is filled with copies of its last video (their scores are dropped),
+    so that the batch axis has one size too."""
     rows = len(next(iter(inputs.values())))
-    out = dict(inputs)
-    if "rgb" in out:
-        frames = out["rgb"].shape[1]
-        target = max(frames, min(-(-frames // _FRAME_BUCKET) * _FRAME_BUCKET, info.max_frames))
-        for name in ("rgb", "audio"):
-            out[name] = np.pad(out[name], ((0, 0), (0, target - frames), (0, 0)))  # [B, T', D]
-    if rows < batch_size:
-        out = {
-            name: np.concatenate([x, np.repeat(x[-1:], batch_size - rows, axis=0)]) for name, x in out.items()
-        }
-    return out
+    if rows >= batch_size:
+        return inputs
+    return {
+        name: np.concatenate([x, np.repeat(x[-1:], batch_size - rows, axis=0)]) for name, x in inputs.items()
+    }
 
 
 def predict_records(
@@ -129,7 +129,8 @@ def predict_records(
 
     def flush(batch: list[dict[str, Any]]) -> None:
         rows = len(batch)
-        inputs = _stable_shapes(pad_batch(batch, info.input_format), batch_size if ids else rows, info)
+        inputs = pad_batch(batch, info.input_format, lengths=_frame_lengths(info))
+        inputs = _fill_rows(inputs, batch_size if ids else rows)
         out = model.predict_on_batch(inputs)
         scores.extend(np.asarray(out["predictions"][:rows], dtype=np.float32))  # [B, C]
         hot = np.zeros((rows, info.num_classes), dtype=np.bool_)

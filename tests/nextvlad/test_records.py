@@ -6,30 +6,14 @@ dequantizes to float32). On the same bytes, both must accept the same records wi
 reject the same records with the same `reason` and video id.
 """
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tensorflow as tf
+from legacy import legacy_parser as legacy
 from scoring_data import NUM_CLASSES, bad_frame_records, frame_record, random_frames, video_record
 
 from nextvlad import records
 from nextvlad.records import InvalidRecordError
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_legacy():
-    spec = importlib.util.spec_from_file_location(
-        "legacy_parser", REPO_ROOT / "benchmarks" / "legacy_parser.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-legacy = _load_legacy()
 
 
 def _feature(kind: str, values) -> tf.train.Feature:

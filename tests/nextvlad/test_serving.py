@@ -10,11 +10,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from legacy import legacy_parser
 from scoring_data import TINY, decode_frame_record, read_rows
 
 from nextvlad import ModelConfig, records
-from nextvlad.layers import FrameMask
-from nextvlad.model import _branch
 from nextvlad.serving import InvalidModelError, inspect_model
 from nextvlad.synthetic import generate_corpus
 from pipelines import score
@@ -137,18 +136,7 @@ def _save_legacy_model(model_dir: Path, config: ModelConfig) -> keras.Model:
     """A serving model as trainer.train wrote them before models took uint8 frames: float inputs, the
     frame mask taken from num_frames, no preprocessing layer, and the same layer names."""
     keras.utils.set_random_seed(7)
-    inputs = {
-        "rgb": keras.Input((None, 1024), name="rgb"),
-        "audio": keras.Input((None, 128), name="audio"),
-        "num_frames": keras.Input((), dtype="int32", name="num_frames"),
-    }
-    mask = FrameMask(name="frame_mask")(inputs["rgb"], inputs["num_frames"])
-    logits, embedding = _branch(config, inputs, mask, prefix="")
-    outputs = {
-        "predictions": keras.layers.Activation("sigmoid", dtype="float32", name="predictions")(logits),
-        "embedding": keras.layers.Activation("linear", dtype="float32", name="embedding")(embedding),
-    }
-    model = keras.Model(inputs, outputs)
+    model = legacy_parser.float_input_model(config)
     # Non-trivial BatchNorm statistics, so that a weight copied to the wrong place would show.
     for layer in model.layers:
         for weight in layer.weights:
