@@ -25,8 +25,8 @@ from nextvlad.records import (
     NUM_CLASSES,
     RGB_SIZE,
     InvalidRecordError,
-    _frame_prefix,
     dequantize,
+    frame_prefix,
 )
 
 
@@ -98,7 +98,7 @@ def _read_frames(feature_list: Any, num_kept: int, size: int, name: str, video_i
     # Fast path: re-encode the list (one C call) and check the framing bytes of every frame at once.
     # When each frame's prefix is the canonical "one bytes value of `size` bytes" the layout is fixed,
     # so the frames are the remaining columns. Anything else takes the slow path for a precise error.
-    prefix = _frame_prefix(size)
+    prefix = frame_prefix(size)
     stride = len(prefix) + size
     body = feature_list.SerializeToString()
     if len(body) == len(feature_list.feature) * stride:

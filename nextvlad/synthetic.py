@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from nextvlad import records
+from nextvlad import record_writer, records
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class _Generator:
         for v in range(count):
             start, stop = starts[v], starts[v] + num_frames[v]
             video_labels = np.sort(labels[v][labels[v] >= 0]).tolist()
-            record = records.frame_example_bytes(
+            record = record_writer.frame_example_bytes(
                 f"{self.id_prefix}{first + v:07d}",
                 video_labels,
                 frames["rgb"][start:stop],

@@ -1,9 +1,9 @@
 """YouTube-8M records for training and evaluation: file patterns and a `tf.data` input pipeline.
 
-The record format itself (parsing, validation, writing, label names, dequantization constants) lives in
-`nextvlad.records`, which needs no TensorFlow; its public names are re-exported here. This module adds what
-needs TensorFlow: `make_dataset`, which parses whole batches with `tf.io` ops and pads each batch to its own
-longest video, and glob/count helpers built on `tf.io.gfile` and `tf.data`.
+The record format itself (parsing, validation, writing, label names, dequantization constants, files)
+lives in `nextvlad.records`, `nextvlad.record_writer` and `nextvlad.files`, which need no TensorFlow; their
+public names are re-exported here. This module adds what needs TensorFlow: `make_dataset`, which parses
+whole batches with `tf.io` ops and pads each batch to its own longest video.
 
 Frames stay uint8 all the way to the model, which dequantizes them itself (see `nextvlad.layers`).
 """
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import struct
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
+from nextvlad.files import count_records, peek_records
+from nextvlad.files import expand_pattern as expand_file_pattern
+from nextvlad.record_writer import frame_example_bytes, video_example_bytes
 from nextvlad.records import (
     AUDIO_SIZE,
     ID_FEATURES,
@@ -30,7 +30,6 @@ from nextvlad.records import (
     RGB_SIZE,
     InvalidRecordError,
     dequantize,
-    frame_example_bytes,
     id_feature,
     parse_frame_example,
     parse_label_names,
@@ -39,7 +38,6 @@ from nextvlad.records import (
     read_label_names,
     reverse_whiten,
     reverse_whitening_scale,
-    video_example_bytes,
     write_tfrecords,
 )
 
@@ -71,91 +69,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------------------------------
-# File helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def expand_file_pattern(file_pattern: str | Sequence[str]) -> list[str]:
-    """Expand glob pattern(s) (local or gs://) into a sorted, de-duplicated list of files.
-
-    Args:
-        file_pattern: one pattern or a sequence of patterns.
-
-    Returns:
-        Matching file paths.
-
-    Raises:
-        FileNotFoundError: a pattern matches nothing (the message names it).
-    """
-    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
-    if not patterns:
-        raise ValueError("No file pattern given; pass e.g. 'data/train*.tfrecord'")
-    files: list[str] = []
-    for pattern in patterns:
-        matched = sorted(tf.io.gfile.glob(pattern))
-        if not matched:
-            raise FileNotFoundError(f"No files match {pattern!r}; check the path (local or gs://) and glob")
-        files.extend(matched)
-    return list(dict.fromkeys(files))
-
-
-def _count_local_records(path: str) -> int:
-    """Walk the TFRecord framing (uint64 length, crc, data, crc) without reading the payloads."""
-    size = os.path.getsize(path)
-    count = 0
-    with open(path, "rb") as f:
-        pos = 0
-        while pos < size:
-            header = f.read(12)
-            if len(header) < 12:
-                raise ValueError(f"{path} is truncated or not a TFRecord file (partial header at byte {pos})")
-            (length,) = struct.unpack("<Q", header[:8])
-            pos += 12 + length + 4
-            if pos > size:
-                raise ValueError(
-                    f"{path} is truncated or not a TFRecord file (record {count} runs past the end)"
-                )
-            f.seek(pos)
-            count += 1
-    return count
-
-
-def count_records(file_pattern: str | Sequence[str]) -> int:
-    """Number of records in the matching TFRecord files.
-
-    Local files are counted from the record framing alone (fast: no payload is read); remote files
-    are read through `tf.data`.
-
-    Args:
-        file_pattern: pattern(s) as for `make_dataset`.
-
-    Returns:
-        Total record count.
-    """
-    total = 0
-    for path in expand_file_pattern(file_pattern):
-        if "://" in path:
-            total += int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1))
-        else:
-            total += _count_local_records(path)
-    return total
-
-
-def peek_records(file_pattern: str | Sequence[str], n: int = 8) -> list[bytes]:
-    """The first `n` records (in sorted file order) of the matching files, as bytes.
-
-    Args:
-        file_pattern: pattern(s) as for `make_dataset`.
-        n: how many records.
-
-    Returns:
-        Up to `n` serialized records.
-    """
-    files = expand_file_pattern(file_pattern)
-    return [r.numpy() for r in tf.data.TFRecordDataset(files).take(n)]
-
 
 # --------------------------------------------------------------------------------------------------
 # tf.data input pipeline

@@ -31,7 +31,8 @@ from nextvlad.extraction.backbone import Backbone, BackboneSpec
 from nextvlad.extraction.decode import VideoDecodeError, decode_video
 from nextvlad.extraction.mel import log_mel_patches
 from nextvlad.files import is_remote
-from nextvlad.records import AUDIO_SIZE, frame_example_bytes, quantize
+from nextvlad.record_writer import frame_example_bytes
+from nextvlad.records import AUDIO_SIZE, quantize
 from pipelines.handler import enable_gpu_memory_growth
 from pipelines.transforms import DEAD_LETTER, METRICS_NAMESPACE, dead_letter
 
