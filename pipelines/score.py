@@ -1,6 +1,6 @@
 """Score YouTube-8M videos with a trained NeXtVLAD model: one row per video (embedding + top-k labels).
 
-Run locally (with no --input/--model it scores the demo corpus with the demo model from `make demo`):
+Run locally:
 
     python -m pipelines.score --runner=DirectRunner \\
         --input 'data/frame/train*.tfrecord' --model runs/paper --output scores/run1
@@ -33,7 +33,6 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -72,10 +71,6 @@ OUTPUT_FORMATS = ("parquet", "bigquery")
 DEFAULT_TOP_K = 20
 # Length-bucket boundaries in frames: most YouTube-8M videos have 120-300 (one per second, at most 300).
 DEFAULT_LENGTH_BUCKETS = (120, 180, 240, 300)
-DEMO_DIR = Path(".demo")
-DEMO_INPUT = DEMO_DIR / "data" / "*.tfrecord"
-DEMO_MODEL = DEMO_DIR / "model" / "model.keras"
-DEMO_OUTPUT = DEMO_DIR / "scores" / "scores"
 
 
 class ScoreSetupError(ValueError):
@@ -128,20 +123,12 @@ def _parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         epilog="Every other flag (e.g. --runner, --project, --direct_num_workers) goes to Beam.",
     )
-    parser.add_argument(
-        "--input",
-        help="TFRecord glob, local or gs://; needs --model (with neither, the demo corpus "
-        f"{DEMO_INPUT} is scored with the demo model)",
-    )
-    parser.add_argument(
-        "--model",
-        help="model directory holding model.keras, or a .keras file; needs --input (with neither, the "
-        f"demo model {DEMO_MODEL} is used)",
-    )
+    parser.add_argument("--input", help="required: TFRecord glob, local or gs:// (quote it in the shell)")
+    parser.add_argument("--model", help="required: model directory holding model.keras, or a .keras file")
     parser.add_argument(
         "--output",
-        help="output path prefix, local or gs://; a prefix that already holds a run's files is refused "
-        f"unless --overwrite is given (default with the demo: {DEMO_OUTPUT})",
+        help="required: output path prefix, local or gs://; a prefix that already holds a run's files is "
+        "refused unless --overwrite is given",
     )
     parser.add_argument(
         "--overwrite",
@@ -260,45 +247,16 @@ def _fail(message: str) -> None:
     raise ScoreSetupError(message)
 
 
-def _apply_demo_defaults(args: argparse.Namespace) -> None:
-    """With neither --input nor --model, score the demo corpus with the demo model (made by `make demo`).
-
-    One without the other is an error: real data scored by the demo model would look like a result.
-    """
-    if args.input is not None and args.model is None:
+def _require_arguments(args: argparse.Namespace) -> None:
+    """--input, --model and --output are all needed: a default model or corpus would score something the
+    user did not ask for and make it look like a result."""
+    missing = [f"--{name}" for name in ("input", "model", "output") if getattr(args, name) is None]
+    if missing:
         _fail(
-            f"--input {args.input!r} is given without --model: pass --model MODEL_DIR (a directory with "
-            "model.keras, or a .keras file); the demo model is used only when neither is given"
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required: pass --input "
+            "'PATTERN.tfrecord' --model MODEL_DIR --output PREFIX (to try it first, `make demo` scores its "
+            "synthetic corpus and prints the command it ran)"
         )
-    if args.model is not None and args.input is None:
-        _fail(
-            f"--model {args.model!r} is given without --input: pass --input 'PATTERN.tfrecord'; the demo "
-            "corpus is used only when neither is given"
-        )
-    if args.input is not None:
-        if args.output is None:
-            _fail(
-                "--output is required: pass an output prefix, e.g. --output scores/run1 or gs://BUCKET/scores/run1"
-            )
-        return
-    if not FileSystems.match([str(DEMO_INPUT)])[0].metadata_list:
-        _fail(
-            f"No --input given and no demo corpus at {DEMO_INPUT}: run `make demo` first, or pass "
-            "--input 'PATTERN.tfrecord' --model MODEL_DIR --output PREFIX"
-        )
-    if not DEMO_MODEL.is_file():
-        _fail(
-            f"No --model given and no demo model at {DEMO_MODEL}: run `make demo` first, or pass "
-            "--input 'PATTERN.tfrecord' --model MODEL_DIR --output PREFIX"
-        )
-    args.input, args.model = str(DEMO_INPUT), str(DEMO_MODEL)
-    args.output = args.output or str(DEMO_OUTPUT)
-    logger.info(
-        "no --input or --model given: scoring the demo corpus %s with the demo model %s into %s",
-        args.input,
-        args.model,
-        args.output,
-    )
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -604,7 +562,7 @@ def run(
     options = PipelineOptions(beam_args)
     FileSystems.set_options(options)
     enable_gpu_memory_growth()  # before the check below makes TensorFlow initialise the GPU
-    _apply_demo_defaults(args)
+    _require_arguments(args)
     _check_arguments(args)
     info = _check_model(args)
     _check_input(args, info)

@@ -347,24 +347,20 @@ def _make_demo(corpus: Corpus, root: Path) -> Path:
     return demo
 
 
-def test_demo_defaults_and_the_printed_summary(corpus, tmp_path, monkeypatch, capsys, caplog):
-    demo = _make_demo(corpus, tmp_path)
-    monkeypatch.chdir(tmp_path)
-    with caplog.at_level("INFO", logger="pipelines.score"):
-        assert score.main(["--top_k=3"]) == 0
-    assert "Scored 5 videos of 5 records read; 0 dead letters" in capsys.readouterr().out
-    assert len(read_rows(str(demo / "scores" / "scores-*-of-*.parquet"))) == 5
-    assert "scoring the demo corpus" in caplog.text and "with the demo model" in caplog.text
+def test_the_cli_prints_the_summary_line(corpus, tmp_path, capsys):
+    assert score.main(_args(corpus, tmp_path / "scores", "--top_k=3")) == 0
+    assert "Scored 20 videos of 20 records read; 0 dead letters" in capsys.readouterr().out
 
 
-def test_input_without_model_never_falls_back_to_the_demo_model(corpus, tmp_path, monkeypatch, capsys):
-    _make_demo(corpus, tmp_path)  # a demo model is there to fall back to, and must not be used
+@pytest.mark.parametrize("missing", ["input", "model", "output"])
+def test_input_model_and_output_are_all_required(corpus, tmp_path, monkeypatch, capsys, missing):
+    # No default model or corpus to fall back to, even where a demo folder exists.
+    _make_demo(corpus, tmp_path)
     monkeypatch.chdir(tmp_path)
-    assert score.main([f"--input={corpus.pattern}", "--output=out/scores"]) == 2
+    args = [a for a in _args(corpus, tmp_path / "out" / "scores") if not a.startswith(f"--{missing}=")]
+    assert score.main(args) == 2
     err = capsys.readouterr().err
-    assert "without --model" in err and "pass --model MODEL_DIR" in err
-    assert score.main([f"--model={corpus.model_dir}", "--output=out/scores"]) == 2
-    assert "without --input" in capsys.readouterr().err
+    assert f"--{missing} is required" in err and "--input 'PATTERN.tfrecord' --model MODEL_DIR" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -409,11 +405,11 @@ def test_an_earlier_run_at_the_output_is_refused_until_overwrite_replaces_it(cor
     assert read_dead_letters(str(output)) == []
 
 
-def test_without_inputs_or_demo_the_cli_says_to_run_make_demo(tmp_path, monkeypatch, capsys):
+def test_with_no_arguments_the_cli_says_what_to_pass(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert score.main([]) == 2
     err = capsys.readouterr().err
-    assert "make demo" in err and "--input" in err
+    assert "--input, --model, --output are required" in err and "make demo" in err
 
 
 # ------------------------------------------------------------------------------------------------
