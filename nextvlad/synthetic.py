@@ -6,7 +6,9 @@ Run:
 
 writes `/tmp/synthetic/synthetic-0000{0..3}-of-00004.tfrecord` (`tf.train.SequenceExample`: context
 `id`, `labels`; feature lists `rgb` 1024 uint8 and `audio` 128 uint8 per frame) and
-`/tmp/synthetic/label_names.csv`, then prints a summary (files, videos, videos/s, label counts).
+`/tmp/synthetic/label_names.csv`, then prints a summary (files, videos, videos/s, label counts). With
+`--segments` the records also carry 2019-style segment ratings and `segment_label_ids.csv` lists the
+rated classes.
 
 How the data is built (so that *which* frames occur matters, not only their mean):
 
@@ -33,6 +35,14 @@ video often shows a class in a single frame or none. Used with many classes (`--
 where Zipf frequencies leave the tail classes with few examples, models stay far from the ceiling and
 differ from seed to seed: the setting on which a mixture of branches has something to add.
 
+Segment ratings (`--segments`), as in the 2019 release: the generator knows which scene every frame
+shows, so it rates 5-frame windows (start times 0, 5, 10, ...; whole windows only) truthfully. For each
+label of a video, windows where at least one frame shows one of the label's two rgb scenes are rated
+present (1) and windows of the same video where none does absent (0), up to `--segment_ratings` of each,
+drawn at random. The class is then in the video (its label) but not in every window, so a model has to
+say *when*, not only *whether*; audio evidence does not count, as raters judge what is shown. The
+ratings come from a random stream of their own: a video's frames are the same with or without them.
+
 Determinism: video `i` depends only on the seed, its index and the content arguments (classes, frame
 and label ranges; `--prefix` names its id), never on `--shards` or `--num_videos`: the shards are
 contiguous slices of one stream, so the same seed gives byte-identical records however the corpus
@@ -57,16 +67,17 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
-from nextvlad import record_writer, records
+from nextvlad import record_writer, records, segments
 
 logger = logging.getLogger(__name__)
 
 LABEL_NAMES_FILE = "label_names.csv"
+SEGMENT_LABEL_IDS_FILE = "segment_label_ids.csv"  # the rated classes, as the 2019 release ships them
 
 _BLOCK_SIZE = 256  # videos generated together (vectorised); each block has its own random stream
 _NUM_BACKGROUND_RGB = 32  # background scenes shared by all classes
@@ -218,6 +229,16 @@ def scene_bank(num_classes: int, *, seed: int = 0) -> SceneBank:
     )
 
 
+class _Video(NamedTuple):
+    """One generated video: its record and what the summary counts."""
+
+    record: bytes
+    labels: list[int]
+    frames: int
+    ratings: int  # rated (segment, class) pairs
+    positive_ratings: int
+
+
 class _Generator:
     """Generates blocks of videos; holds the precomputed quantized scene copies."""
 
@@ -232,8 +253,10 @@ class _Generator:
         max_labels: int,
         id_prefix: str,
         setting: _Setting,
+        segment_ratings: int = 0,
     ) -> None:
         self.num_classes = num_classes
+        self.segment_ratings = segment_ratings
         self.setting = setting
         self.seed = seed
         self.min_frames, self.max_frames = min_frames, max_frames
@@ -253,8 +276,8 @@ class _Generator:
         weights = 1.0 / np.arange(1, num_classes + 1) ** _ZIPF_EXPONENT
         self.log_class_prior = np.log(weights / weights.sum())  # [C]
 
-    def block(self, index: int, count: int) -> Iterator[tuple[bytes, list[int], int]]:
-        """(record, labels, frames) of videos `index * BLOCK .. index * BLOCK + count - 1`."""
+    def block(self, index: int, count: int) -> Iterator[_Video]:
+        """The videos `index * BLOCK .. index * BLOCK + count - 1`."""
         rng = np.random.default_rng(_seed_sequence(self.seed, 2, index))
         num_frames = rng.integers(self.min_frames, self.max_frames + 1, _BLOCK_SIZE)  # [n]
         labels = self._labels(rng)  # [n, Lmax], -1 = no label
@@ -266,21 +289,51 @@ class _Generator:
         new_shot[starts] = True
         shot_of_frame = np.cumsum(new_shot) - 1  # [F]
         video_of_shot = video_of_frame[new_shot]  # [S]
-        frames = {
-            modality.name: self._frames(modality, rng, labels, video_of_shot, shot_of_frame)
-            for modality in (self.setting.rgb, self.setting.audio)
-        }
+        frames, scenes = {}, {}
+        for modality in (self.setting.rgb, self.setting.audio):
+            frames[modality.name], scenes[modality.name] = self._frames(
+                modality, rng, labels, video_of_shot, shot_of_frame
+            )
+        # Ratings draw from their own stream, so that the frames are the same with or without them.
+        rating_rng = np.random.default_rng(_seed_sequence(self.seed, 3, index))
         first = index * _BLOCK_SIZE
         for v in range(count):
             start, stop = starts[v], starts[v] + num_frames[v]
             video_labels = np.sort(labels[v][labels[v] >= 0]).tolist()
+            segments = None
+            if self.segment_ratings:
+                segments = self._ratings(rating_rng, video_labels, scenes["rgb"][start:stop])
             record = record_writer.frame_example_bytes(
                 f"{self.id_prefix}{first + v:07d}",
                 video_labels,
                 frames["rgb"][start:stop],
                 frames["audio"][start:stop],
+                segments=segments,
             )
-            yield record, video_labels, int(num_frames[v])
+            scores = segments["segment_scores"] if segments else []
+            yield _Video(record, video_labels, int(num_frames[v]), len(scores), int(sum(scores)))
+
+    def _ratings(self, rng: np.random.Generator, labels: list[int], scene: np.ndarray) -> dict[str, list]:
+        """Truthful ratings of a video's 5-frame windows for each of its labels, in the 2019 fields.
+
+        A window is present for a label when one of its frames shows one of the label's rgb scenes; up to
+        `segment_ratings` such windows are rated 1, and up to as many windows of the same video without
+        them 0.
+        """
+        length = records.SEGMENT_FRAMES
+        windows = scene.size // length  # whole windows only: a rated segment has 5 frames
+        by_window = scene[: windows * length].reshape(windows, length)  # [W, 5] rgb scene ids
+        out: dict[str, list] = {"segment_start_times": [], "segment_labels": [], "segment_scores": []}
+        for label in labels:
+            pair = self.setting.rgb.num_background + 2 * label + np.arange(2)
+            present = np.isin(by_window, pair).any(axis=1)  # [W]
+            for rating, candidates in ((1.0, np.flatnonzero(present)), (0.0, np.flatnonzero(~present))):
+                size = min(self.segment_ratings, candidates.size)
+                for window in np.sort(rng.choice(candidates, size=size, replace=False)):
+                    out["segment_start_times"].append(int(window) * length)
+                    out["segment_labels"].append(label)
+                    out["segment_scores"].append(rating)
+        return out
 
     def _labels(self, rng: np.random.Generator) -> np.ndarray:
         """[n, max_labels] class ids without repeats, Zipf-weighted; unused slots are -1."""
@@ -303,7 +356,7 @@ class _Generator:
         video_of_shot: np.ndarray,
         shot_of_frame: np.ndarray,
     ) -> np.ndarray:
-        """Quantized frames [F, D] for one modality."""
+        """Quantized frames [F, D] for one modality, and the scene id of each frame [F]."""
         n, lmax = labels.shape
         nb = modality.num_background
         # Share of frames for each label slot: 0 for empty slots and when the modality lacks evidence.
@@ -327,7 +380,8 @@ class _Generator:
         chunks = modality.size // _CHUNK
         variant = rng.integers(0, self.num_variants, (scene.size, chunks))  # [F, chunks]
         flat = (scene[:, None] * self.num_variants + variant) * chunks + np.arange(chunks)  # [F, chunks]
-        return np.take(self.copies[modality.name], flat.ravel(), axis=0).reshape(scene.size, modality.size)
+        frames = np.take(self.copies[modality.name], flat.ravel(), axis=0).reshape(scene.size, modality.size)
+        return frames, scene
 
 
 def _validate(
@@ -389,6 +443,7 @@ def generate_corpus(
     labels_per_video: tuple[int, int] = (1, 4),
     prefix: str = "synthetic",
     setting: str = "standard",
+    segment_ratings: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Write a synthetic frame-level YouTube-8M corpus (see the module docstring for its design).
@@ -405,13 +460,17 @@ def generate_corpus(
         labels_per_video: (min, max) labels per video, inclusive; min 0 allows unlabeled videos.
         prefix: file-name prefix of the shards, also the prefix of video ids.
         setting: `standard` or `hard` (rarer and shorter class evidence; see the module docstring).
+        segment_ratings: when positive, rate 5-frame segments as the 2019 release does (see the module
+            docstring): per label of a video, up to this many windows showing it (1) and as many without
+            it (0); the rated classes are written to `segment_label_ids.csv`. 0: no ratings.
         progress: show a progress bar on stderr.
 
     Returns:
         Summary dict: `output_dir`, `files` (shard paths), `label_names` (CSV path), `num_videos`,
         `num_frames`, `num_classes`, `seed`, `setting`, `bytes` (records' total size), `seconds`,
         `videos_per_second`, `label_counts` (videos per class, list of length num_classes) and
-        `labels_per_video` (dict: label count -> videos).
+        `labels_per_video` (dict: label count -> videos); with segment ratings also `segment_label_ids`
+        (CSV path), `ratings` and `positive_ratings`.
 
     Raises:
         ValueError: an argument is out of range (the message names it).
@@ -433,6 +492,8 @@ def generate_corpus(
     )
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {', '.join(SETTINGS)}; got {setting!r}.")
+    if isinstance(segment_ratings, bool) or not isinstance(segment_ratings, int) or segment_ratings < 0:
+        raise ValueError(f"segment_ratings must be an integer >= 0; got {segment_ratings!r}.")
     output_dir = os.fspath(output_dir)
     started = time.perf_counter()
     if "://" not in output_dir:
@@ -446,25 +507,28 @@ def generate_corpus(
         max_labels=max_labels,
         id_prefix=f"{prefix}-{seed}-",
         setting=SETTINGS[setting],
+        segment_ratings=segment_ratings,
     )
 
     label_counts = np.zeros(num_classes, dtype=np.int64)
     labels_per_video_hist: collections.Counter[int] = collections.Counter()
-    totals = {"frames": 0, "bytes": 0}
+    totals = {"frames": 0, "bytes": 0, "ratings": 0, "positive_ratings": 0}
 
-    def stream() -> Iterator[tuple[bytes, list[int], int]]:
+    def stream() -> Iterator[_Video]:
         for block in range((num_videos + _BLOCK_SIZE - 1) // _BLOCK_SIZE):
             count = min(_BLOCK_SIZE, num_videos - block * _BLOCK_SIZE)
             yield from generator.block(block, count)
 
-    def tally(generated: Iterator[tuple[bytes, list[int], int]], bar: Any) -> Iterator[bytes]:
-        for record, labels, frames in generated:
-            label_counts[labels] += 1
-            labels_per_video_hist[len(labels)] += 1
-            totals["frames"] += frames
-            totals["bytes"] += len(record)
+    def tally(generated: Iterator[_Video], bar: Any) -> Iterator[bytes]:
+        for video in generated:
+            label_counts[video.labels] += 1
+            labels_per_video_hist[len(video.labels)] += 1
+            totals["frames"] += video.frames
+            totals["bytes"] += len(video.record)
+            totals["ratings"] += video.ratings
+            totals["positive_ratings"] += video.positive_ratings
             bar.update(1)
-            yield record
+            yield video.record
 
     generated = stream()
     files = []
@@ -481,6 +545,16 @@ def generate_corpus(
     writer.writerow(["label_id", "label_name"])
     writer.writerows((c, f"class_{c:04d}") for c in range(num_classes))
     records.write_bytes(label_names, buffer.getvalue().encode())
+    segment_summary = {}
+    if segment_ratings:
+        # Every class can be rated here; the 2019 release rates 1,000 of its 3,862.
+        segment_label_ids = os.path.join(output_dir, SEGMENT_LABEL_IDS_FILE)
+        segments.write_class_ids(segment_label_ids, range(num_classes))
+        segment_summary = {
+            "segment_label_ids": segment_label_ids,
+            "ratings": totals["ratings"],
+            "positive_ratings": totals["positive_ratings"],
+        }
 
     seconds = time.perf_counter() - started
     summary = {
@@ -497,6 +571,7 @@ def generate_corpus(
         "videos_per_second": num_videos / seconds if seconds > 0 else float("inf"),
         "label_counts": label_counts.tolist(),
         "labels_per_video": dict(sorted(labels_per_video_hist.items())),
+        **segment_summary,
     }
     logger.info(
         "wrote %d videos (%d frames) in %d files to %s in %.2fs (%.0f videos/s)",
@@ -546,6 +621,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="standard",
         help="corpus recipe: hard shows each label's scenes in fewer, shorter shots (for many classes)",
     )
+    parser.add_argument(
+        "--segments",
+        action="store_true",
+        help="also rate 5-frame segments as the YouTube-8M 2019 release does (segment_start_times, "
+        "segment_labels, segment_scores): per label of a video, windows that show its scenes rated 1 and "
+        "windows of the same video that do not rated 0; writes segment_label_ids.csv",
+    )
+    parser.add_argument(
+        "--segment_ratings",
+        type=int,
+        default=3,
+        help="with --segments: rated windows per label and video, up to this many of each rating",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -566,6 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             labels_per_video=tuple(args.labels_per_video),
             prefix=args.prefix,
             setting=args.setting,
+            segment_ratings=args.segment_ratings if args.segments else 0,
             progress=not args.quiet,
         )
     except ValueError as e:
@@ -584,6 +673,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = ", ".join(f"{c}: {n}" for c, n in enumerate(counts[:10])) + (", ..." if len(counts) > 10 else "")
     print(f"  videos per class (ids in order of expected frequency): {shown}")
     print(f"  rarest class: {int(np.argmin(counts))} with {min(counts)} videos")
+    if "ratings" in summary:
+        print(
+            f"  segment ratings: {summary['ratings']} ({summary['positive_ratings']} present), rated classes "
+            f"in {summary['segment_label_ids']}"
+        )
     return 0
 
 

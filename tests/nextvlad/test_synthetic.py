@@ -331,3 +331,87 @@ def test_cli_writes_a_corpus_and_prints_a_summary(tmp_path, capsys):
     files = sorted(p.name for p in tmp_path.glob("*.tfrecord"))
     assert files == ["train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
     assert (tmp_path / "label_names.csv").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# Segment ratings (--segments)
+# ------------------------------------------------------------------------------------------------
+
+
+def _segment_fields(record):
+    context = tf.train.SequenceExample.FromString(record).context.feature
+    return (
+        list(context["segment_start_times"].int64_list.value),
+        list(context["segment_labels"].int64_list.value),
+        list(context["segment_scores"].float_list.value),
+    )
+
+
+@pytest.fixture(scope="module")
+def rated_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rated")
+    summary = generate_corpus(
+        out, num_videos=60, num_classes=NUM_CLASSES, shards=1, min_frames=12, max_frames=60, segment_ratings=2
+    )
+    return summary, _records(summary["files"])
+
+
+def test_segment_ratings_say_truthfully_where_each_label_is_shown(rated_corpus):
+    """A window is rated present exactly when one of its frames shows one of the label's rgb scenes (each
+    frame's scene read back from the pixels: its nearest scene prototype), and only the video's own labels
+    are rated, on whole 5-frame windows, at most 2 of each rating per label."""
+    summary, records = rated_corpus
+    bank = scene_bank(NUM_CLASSES, seed=0)
+    ratings = present = 0
+    for record in records:
+        video = _parse(record)
+        scenes = _nearest(video["rgb"], bank.rgb)  # [T] scene id shown by each frame
+        starts, labels, scores = _segment_fields(record)
+        assert set(labels) <= set(video["labels"])
+        for start, label, score in zip(starts, labels, scores, strict=True):
+            assert start % 5 == 0 and start + 5 <= len(scenes), (video["id"], start)
+            shown = np.isin(scenes[start : start + 5], bank.class_scenes(label, "rgb")).any()
+            assert score == float(shown), (video["id"], start, label)
+        for label in video["labels"]:
+            mine = [s for lab, s in zip(labels, scores, strict=True) if lab == label]
+            assert mine.count(1.0) <= 2 and mine.count(0.0) <= 2
+        ratings += len(scores)
+        present += int(sum(scores))
+    assert summary["ratings"] == ratings and summary["positive_ratings"] == present
+    assert 0.2 < present / ratings < 0.8  # both kinds are common enough to rank
+
+
+def test_segment_ratings_leave_the_frames_and_labels_unchanged(rated_corpus, tmp_path):
+    summary, rated = rated_corpus
+    plain = generate_corpus(
+        tmp_path, num_videos=60, num_classes=NUM_CLASSES, shards=1, min_frames=12, max_frames=60
+    )
+    for with_ratings, without in zip(rated, _records(plain["files"]), strict=True):
+        a, b = _parse(with_ratings), _parse(without)
+        assert a["labels"] == b["labels"]
+        assert np.array_equal(a["rgb"], b["rgb"]) and np.array_equal(a["audio"], b["audio"])
+        assert (
+            not tf.train.SequenceExample.FromString(without)
+            .context.feature["segment_labels"]
+            .int64_list.value
+        )
+
+
+def test_segment_ratings_write_the_rated_class_list(rated_corpus):
+    summary, _ = rated_corpus
+    with open(summary["segment_label_ids"], newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["Index"]  # the 2019 release's segment_label_ids.csv layout
+    assert [int(r[0]) for r in rows[1:]] == list(range(NUM_CLASSES))
+
+
+def test_cli_segments_flag(tmp_path, capsys):
+    code = synthetic.main(
+        ["--output", str(tmp_path), "--num_videos", "8", "--num_classes", "4", "--shards", "1", "--segments",
+         "--segment_ratings", "1", "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    assert "segment ratings:" in capsys.readouterr().out
+    assert (tmp_path / "segment_label_ids.csv").exists()
+    with pytest.raises(ValueError, match="segment_ratings must be an integer >= 0; got -1"):
+        generate_corpus(tmp_path / "bad", num_videos=2, shards=1, segment_ratings=-1)
