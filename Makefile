@@ -31,7 +31,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 demo: $(STAMP)
-	$(BIN)/python -m pipelines.demo --output $(DEMO_DIR)
+	$(BIN)/python -m demo --output $(DEMO_DIR)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py

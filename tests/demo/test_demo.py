@@ -3,14 +3,17 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # `python -m demo` runs from the repository root
 
 
 def test_demo_runs_every_step_and_reuses_its_outputs(tmp_path):
     out = tmp_path / "demo"
-    command = [sys.executable, "-m", "pipelines.demo", f"--output={out}", "--num_videos=240", "--epochs=1"]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    command = [sys.executable, "-m", "demo", f"--output={out}", "--num_videos=240", "--epochs=1"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
     for step in ("corpus", "train", "evaluate", "score", "index", "search"):
         assert f"=== {step}" in first.stdout
@@ -24,7 +27,7 @@ def test_demo_runs_every_step_and_reuses_its_outputs(tmp_path):
     assert "Held-out GAP@20" in first.stdout and "rank" in first.stdout
 
     # A second run reuses the corpus, the model, the scores and the index.
-    second = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    second = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
     for step in ("corpus", "train", "score", "index"):
         assert f"=== {step}: reusing" in second.stdout

@@ -1,7 +1,8 @@
-"""The end-to-end demo: synthetic corpus → train → evaluate → score (Beam) → index → search.
+"""The end-to-end demo: synthetic corpus → train → evaluate → score (Beam) → index → search, then the
+"your own videos" leg (generated clips → extract → train → score).
 
     make demo                         # sets up .venv, then runs this
-    python -m pipelines.demo --output .demo [--retrain] [--num_videos 3000]
+    python -m demo --output .demo [--retrain] [--num_videos 3000]
 
 Each step runs the same command a user would type (shown as it runs), in its own process, and is
 skipped when its output already exists (`--retrain` / `--rescore` redo the later steps). The demo
@@ -12,7 +13,6 @@ three pictures in the output folder: the training curve, per-class AP and a 2-D 
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import json
 import os
@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from demo.own_videos import own_videos_leg
+from demo.pictures import plot_embeddings, plot_training_curve
 
 # TensorFlow's start-up chatter (absl, oneDNN, no CUDA driver), which TF_CPP_MIN_LOG_LEVEL does not
 # silence; it is only hidden from the demo's own report, never from the commands a user runs.
@@ -36,7 +37,7 @@ _TENSORFLOW_NOISE = re.compile(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.demo",
+        prog="python -m demo",
         description="Run the whole product on a synthetic corpus: train, evaluate, score, index, search.",
     )
     parser.add_argument("--output", default=".demo", help="demo folder (default .demo)")
@@ -134,8 +135,6 @@ class Demo:
         if glob.glob(f"{self.scores}-*.parquet") and not (self.args.rescore or self.args.retrain):
             print(f"\n=== score: reusing {self.scores}-*.parquet (--rescore to score again)")
             return ""
-        for old in glob.glob(f"{self.scores}-*"):
-            os.remove(old)
         return self.run_step(
             "score",
             "pipelines.score",
@@ -143,6 +142,7 @@ class Demo:
             f"--input={self.data / '*.tfrecord'}",
             f"--model={self.model_dir}",
             f"--output={self.scores}",
+            "--overwrite",
         )
 
     def index(self) -> None:
@@ -175,167 +175,10 @@ class Demo:
         )
 
 
-def plot_training_curve(history_csv: Path, output: Path) -> Path | None:
-    """Loss and GAP per epoch from the trainer's history.csv."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history_csv.exists():
-        return None
-    with history_csv.open() as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return None
-    epochs = [int(float(row["epoch"])) if "epoch" in row else i + 1 for i, row in enumerate(rows)]
-    figure, loss_axis = plt.subplots(figsize=(7, 4))
-    gap_axis = loss_axis.twinx()
-    for key in rows[0]:
-        values = [float(row[key]) if row[key] not in ("", None) else float("nan") for row in rows]
-        if key == "epoch":
-            continue
-        if "loss" in key:
-            loss_axis.plot(epochs, values, marker="o", label=key)
-        elif "gap" in key:
-            gap_axis.plot(epochs, values, marker="s", linestyle="--", label=key)
-    loss_axis.set_xlabel("epoch")
-    loss_axis.set_ylabel("loss")
-    gap_axis.set_ylabel("GAP@20")
-    gap_axis.set_ylim(0, 1)
-    handles = loss_axis.get_legend_handles_labels()
-    more = gap_axis.get_legend_handles_labels()
-    loss_axis.legend(handles[0] + more[0], handles[1] + more[1], loc="center right")
-    loss_axis.set_title("Training curve")
-    figure.tight_layout()
-    figure.savefig(output, dpi=120)
-    plt.close(figure)
-    return output
-
-
-def plot_embeddings(
-    scores_pattern: str, label_names_csv: Path, output: Path, *, max_points: int = 4000
-) -> Path:
-    """A 2-D PCA map of the pooled embeddings: single-label videos coloured by their label.
-
-    Multi-label videos sit between their labels' clusters; they are drawn in grey behind the others.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    tables = [
-        pq.read_table(path, columns=["embedding", "labels"]) for path in sorted(glob.glob(scores_pattern))
-    ]
-    embeddings = np.concatenate(
-        [np.asarray(t.column("embedding").to_pylist(), dtype="float32") for t in tables]
-    )[:max_points]
-    labels = [row for t in tables for row in t.column("labels").to_pylist()][:max_points]
-    centred = embeddings - embeddings.mean(0)
-    centred /= np.linalg.norm(centred, axis=1, keepdims=True) + 1e-8
-    _, _, components = np.linalg.svd(centred, full_matrices=False)
-    points = centred @ components[:2].T  # [N, 2]
-    from nextvlad.yt8m import parse_label_names
-
-    names = parse_label_names(label_names_csv.read_text(), source=str(label_names_csv))
-    single = np.array([len(row) == 1 for row in labels])
-    first = np.array([row[0] if len(row) == 1 else -1 for row in labels])
-    figure, axis = plt.subplots(figsize=(8, 6.5))
-    axis.scatter(points[~single, 0], points[~single, 1], s=4, color="0.85", label="several labels")
-    cmap = plt.get_cmap("tab20")
-    for i, label in enumerate(sorted(set(first[single].tolist()))):
-        chosen = first == label
-        axis.scatter(
-            points[chosen, 0], points[chosen, 1], s=9, color=cmap(i % 20), label=names.get(label, str(label))
-        )
-    axis.set_title("Video embeddings, 2-D PCA (single-label videos coloured by label)")
-    axis.legend(markerscale=2.5, fontsize=7, ncol=2, loc="best")
-    figure.tight_layout()
-    figure.savefig(output, dpi=120)
-    plt.close(figure)
-    return output
-
-
-def own_videos_leg(demo: Demo, *, num_clips: int = 36, num_classes: int = 4) -> str:
-    """Your own videos: generated clips → pipelines.extract → trainer.train → pipelines.score.
-
-    The clips (a class colour with a moving square) stand in for a user's mp4 files; Inception-v3 runs
-    with seeded random weights at 75×75 (no download, quick on a CPU) and the PCA is learned from the
-    clips themselves (`--fit_pca`). Returns the report line.
-    """
-    import pyarrow.parquet as pq
-
-    from nextvlad.extraction.clips import class_picture, write_clip
-
-    root = demo.root / "own_videos"
-    videos, features, model, scores = (
-        root / "videos",
-        root / "features" / "part",
-        root / "model",
-        root / "scores" / "s",
-    )
-    if not glob.glob(str(videos / "*.mp4")):
-        videos.mkdir(parents=True, exist_ok=True)
-        rows = ["path_or_stem,label_ids"]
-        for i in range(num_clips):
-            label = i % num_classes
-            picture = class_picture(label, num_classes, size=(64, 64))
-            write_clip(
-                str(videos / f"clip{i:02d}.mp4"), duration=3 + i % 4, fps=2, size=(64, 64), picture=picture
-            )
-            rows.append(f"clip{i:02d},{label}")
-        (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    if glob.glob(f"{scores}-*.parquet") and not (demo.args.rescore or demo.args.retrain):
-        print(f"\n=== own videos: reusing {root}")
-    else:
-        shutil.rmtree(root / "features", ignore_errors=True)
-        shutil.rmtree(model, ignore_errors=True)
-        shutil.rmtree(root / "scores", ignore_errors=True)
-        demo.run_step(
-            "own videos: extract",
-            "pipelines.extract",
-            "--runner=DirectRunner",
-            f"--input={videos / '*.mp4'}",
-            f"--output={features}",
-            f"--labels={root / 'labels.csv'}",
-            "--weights=none",
-            "--image_size=75",
-            "--fit_pca=1000",
-        )
-        demo.run_step(
-            "own videos: train",
-            "trainer.train",
-            "--preset=demo",
-            f"--num_classes={num_classes}",
-            f"--train_data={features}-*.tfrecord",
-            f"--model_dir={model}",
-            "--epochs=8",
-            "--batch_size=8",
-            "--learning_rate=0.01",
-            "--quiet",
-        )
-        demo.run_step(
-            "own videos: score",
-            "pipelines.score",
-            "--runner=DirectRunner",
-            f"--input={features}-*.tfrecord",
-            f"--model={model}",
-            f"--output={scores}",
-        )
-    table = pq.read_table(sorted(glob.glob(f"{scores}-*.parquet")), columns=["top_classes", "labels"])
-    tops, labels = table.column("top_classes").to_pylist(), table.column("labels").to_pylist()
-    hits = sum(top[0] in truth for top, truth in zip(tops, labels, strict=True))
-    return (
-        f"{len(tops)} generated clips → features {features}-*.tfrecord (dead letter {features}-errors-*, "
-        f"PCA {features}-pca/); Hit@1 {hits / max(1, len(tops)):.2f} (chance {1 / num_classes:.2f})"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Runs every step (skipping those whose output exists) and prints the report."""
     args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # inherited by the steps: quieter TensorFlow
     demo = Demo(args)
     demo.root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
