@@ -90,7 +90,7 @@ def _labels_multi_hot(labels: tf.RaggedTensor, num_classes: int) -> tf.Tensor:  
             ids,
             tf.constant(num_classes, tf.int64),
             message=f"Label id >= num_classes={num_classes}: the data uses a larger vocabulary than "
-            "num_classes; pass the right num_classes",
+            "num_classes; pass --num_classes with the size of this data's label vocabulary",
         ),
     ]
     ids = _after(checks, ids)

@@ -103,13 +103,14 @@ def data_error(e: Exception, flag: str, num_classes: int) -> ValueError:
     Returns:
         A ValueError that says what to do.
     """
-    message = getattr(e, "message", str(e)).split("\n")[0]
-    if "num_classes" in message:
-        return ValueError(
-            f"{flag}: a record has a label id >= num_classes={num_classes} (the records checked before "
-            "training were fine); pass --num_classes with the size of this data's label vocabulary"
-        )
-    return ValueError(f"{flag}: a record could not be read as YouTube-8M data: {message}")
+    # The input pipeline's own checks (nextvlad.yt8m) say what was wrong and what to pass; TensorFlow
+    # puts that text on the line of the failed assertion, after a generic first line.
+    lines = getattr(e, "message", str(e)).splitlines() or [""]
+    message = next((line.strip() for line in lines if "assertion failed" in line), lines[0])
+    return ValueError(
+        f"{flag}: a record could not be read as YouTube-8M data for this {num_classes}-class model (the "
+        f"records checked before training were fine): {message}"
+    )
 
 
 def _current_learning_rate(optimizer: Any) -> float:
