@@ -2,7 +2,8 @@
 
 The schema is the "Score output" contract of docs/design.md (one row per video); the same schema ships as
 `deploy/bigquery_schema.json` for `bq mk --table PROJECT:DATASET.TABLE deploy/bigquery_schema.json`,
-and a test keeps the two equal.
+and a test keeps the two equal. Segment rows (`pipelines.score --segments`) go to a table of their own,
+`TABLE_segments` (`segments_table`), with the schema `deploy/bigquery_segments_schema.json`.
 
 Rows arrive as the Parquet sink's row dicts (numpy scalars and arrays allowed) and are converted to
 plain JSON types before Beam's `WriteToBigQuery`, which serialises them with `json.dumps` for both
@@ -27,6 +28,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 logger = logging.getLogger(__name__)
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "deploy" / "bigquery_schema.json"
+SEGMENTS_SCHEMA_FILE = Path(__file__).resolve().parents[1] / "deploy" / "bigquery_segments_schema.json"
 
 METHODS = ("FILE_LOADS", "STREAMING_INSERTS")
 
@@ -42,9 +44,19 @@ _FIELDS: tuple[tuple[str, str, str, str], ...] = (
     ("model_version", "STRING", "REQUIRED", "Version of the model that produced the row."),
 )
 
+# Segment rows: one per (video, segment). The embedding column is filled with --segment_embeddings only.
+_SEGMENT_FIELDS: tuple[tuple[str, str, str, str], ...] = (
+    ("id", "STRING", "REQUIRED", "Video id from the record's context `id`."),
+    ("start_time", "INTEGER", "REQUIRED", "First frame of the segment, in seconds (one frame per second)."),
+    ("top_classes", "INTEGER", "REPEATED", "Top-k predicted class ids of the segment, by descending score."),
+    ("top_scores", "FLOAT", "REPEATED", "Scores of top_classes, descending."),
+    ("embedding", "FLOAT", "REPEATED", "Segment embedding; empty unless scored with --segment_embeddings."),
+)
+
 _INT_LISTS = ("labels", "top_classes")
 _FLOAT_LISTS = ("top_scores", "embedding")
 COLUMNS = tuple(name for name, *_ in _FIELDS)
+SEGMENT_COLUMNS = tuple(name for name, *_ in _SEGMENT_FIELDS)
 
 # Project ids: 6-30 chars of lowercase letters, digits and hyphens, optionally domain-scoped
 # ("example.com:my-project"). Dataset ids: letters, digits, underscores. Table ids also allow
@@ -98,8 +110,11 @@ def parse_table_spec(spec: str) -> TableSpec:
     )
 
 
-def bigquery_schema() -> dict[str, Any]:
+def bigquery_schema(*, segments: bool = False) -> dict[str, Any]:
     """The score output table schema, in the form Beam's `WriteToBigQuery(schema=...)` takes.
+
+    Args:
+        segments: the segment rows' table instead of the video rows'.
 
     Returns:
         `{"fields": [{"name", "type", "mode", "description"}, ...]}` in column order.
@@ -107,9 +122,14 @@ def bigquery_schema() -> dict[str, Any]:
     return {
         "fields": [
             {"name": name, "type": type_, "mode": mode, "description": description}
-            for name, type_, mode, description in _FIELDS
+            for name, type_, mode, description in (_SEGMENT_FIELDS if segments else _FIELDS)
         ]
     }
+
+
+def segments_table(table: str) -> str:
+    """The table segment rows go to, beside the video rows' `table`: `{table}_segments`."""
+    return f"{str(parse_table_spec(table))}_segments"
 
 
 def load_schema_file(path: str | Path = SCHEMA_FILE) -> dict[str, Any]:
@@ -153,14 +173,16 @@ def _float_list(value: Any, column: str, video_id: str) -> list[float]:
     return values.tolist()
 
 
-def to_bigquery_row(row: Mapping[str, Any]) -> dict[str, Any]:
+def to_bigquery_row(row: Mapping[str, Any], *, segments: bool = False) -> dict[str, Any]:
     """Convert one score row (numpy values allowed) to the JSON-able dict BigQuery receives.
 
     float32 values widen to Python floats exactly, so a FLOAT64 column read back equals the float32
     Parquet value.
 
     Args:
-        row: a mapping with exactly the columns of `bigquery_schema()`.
+        row: a mapping with exactly the columns of `bigquery_schema()` (a segment row: those of
+            `bigquery_schema(segments=True)`, `embedding` optional).
+        segments: the row is a segment row.
 
     Returns:
         A dict of str / int / float / lists of int or float.
@@ -169,27 +191,32 @@ def to_bigquery_row(row: Mapping[str, Any]) -> dict[str, Any]:
         ValueError: a column is missing or unknown, a list column has the wrong kind of number, or a
             float is NaN or infinite.
     """
-    missing = [c for c in COLUMNS if c not in row]
-    unknown = sorted(set(row) - set(COLUMNS))
+    columns = SEGMENT_COLUMNS if segments else COLUMNS
+    if segments and "embedding" not in row:
+        row = {**row, "embedding": []}
+    missing = [c for c in columns if c not in row]
+    unknown = sorted(set(row) - set(columns))
     if missing or unknown:
         raise ValueError(
             f"score row for {row.get('id')!r} does not match the BigQuery schema: missing {missing}, "
-            f"unknown {unknown}; expected columns {list(COLUMNS)}"
+            f"unknown {unknown}; expected columns {list(columns)}"
         )
     video_id = row["id"]
     if isinstance(video_id, bytes | np.bytes_):
         video_id = video_id.decode("utf-8")
     video_id = str(video_id)
-    out: dict[str, Any] = {
-        "id": video_id,
-        "num_frames": int(row["num_frames"]),
-        "model_version": str(row["model_version"]),
-    }
+    out: dict[str, Any] = {"id": video_id}
+    if segments:
+        out["start_time"] = int(row["start_time"])
+    else:
+        out["num_frames"] = int(row["num_frames"])
+        out["model_version"] = str(row["model_version"])
     for column in _INT_LISTS:
-        out[column] = _int_list(row[column], column, video_id)
+        if column in columns:
+            out[column] = _int_list(row[column], column, video_id)
     for column in _FLOAT_LISTS:
         out[column] = _float_list(row[column], column, video_id)
-    return {c: out[c] for c in COLUMNS}
+    return {c: out[c] for c in columns}
 
 
 class WriteRowsToBigQuery(beam.PTransform):
@@ -203,6 +230,7 @@ class WriteRowsToBigQuery(beam.PTransform):
             `--temp_location`. Only used by FILE_LOADS.
         test_client: a Beam apitools `BigqueryV2` client to use instead of the default one (tests point
             it at a local emulator).
+        segments: the rows are segment rows (`bigquery_schema(segments=True)`).
 
     Returns (from `expand`):
         Beam's `WriteResult`; with STREAMING_INSERTS its `failed_rows_with_errors` holds rejected rows.
@@ -218,6 +246,7 @@ class WriteRowsToBigQuery(beam.PTransform):
         method: str = "FILE_LOADS",
         custom_gcs_temp_location: str | None = None,
         test_client: Any = None,
+        segments: bool = False,
     ) -> None:
         super().__init__()
         self.table_spec = parse_table_spec(table)
@@ -232,6 +261,7 @@ class WriteRowsToBigQuery(beam.PTransform):
         self.method = method
         self.custom_gcs_temp_location = custom_gcs_temp_location
         self.test_client = test_client
+        self.segments = segments
 
     def _check_temp_location(self, pipeline: beam.Pipeline) -> None:
         # Beam only notices a missing gs:// temp folder once the job runs; fail at construction time
@@ -259,11 +289,11 @@ class WriteRowsToBigQuery(beam.PTransform):
         logger.info("writing rows to BigQuery table %s with %s", self.table_spec, self.method)
         return (
             pcoll
-            | "ToBigQueryRows" >> beam.Map(to_bigquery_row)
+            | "ToBigQueryRows" >> beam.Map(to_bigquery_row, segments=self.segments)
             | "WriteToBigQuery"
             >> WriteToBigQuery(
                 table=str(self.table_spec),
-                schema=bigquery_schema(),
+                schema=bigquery_schema(segments=self.segments),
                 method=self.method,
                 create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
                 write_disposition=BigQueryDisposition.WRITE_APPEND,

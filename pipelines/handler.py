@@ -11,6 +11,9 @@ output: uint8 frames as stored; the model dequantizes them itself). The handler:
 - gets batches of similar lengths when `pipelines.transforms.BucketByLength` orders the videos before it;
 - returns one `ScoredBatch` per batch (the videos, `predictions` float32 [B, C] and `embedding` float32
   [B, E] as numpy arrays), so that rows are formatted a batch at a time;
+- with `segments=SegmentOptions(...)`, also scores every segment of the batch's videos (5-frame windows by
+  default) in batched calls on the same worker, slicing the frames it already holds (to the model a
+  segment is a short video), and keeps each segment's top classes (`ScoredBatch.segments`);
 - uses the GPU when the process sees one (TensorFlow memory growth on, so that several SDK processes can
   share the card), and optionally runs in reduced precision (`precision="mixed"`).
 
@@ -20,6 +23,7 @@ Beam's stock `TFModelHandlerNumpy` is not used: it imports `tensorflow_hub` and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -32,6 +36,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
+from nextvlad.metrics import top_k as top_k_fn
+from nextvlad.segments import SEGMENT_LENGTH, SEGMENT_STRIDE, check_window, segment_chunks, segment_inputs
 from nextvlad.serving import (
     MODEL_FILE,
     PREPROCESSING_LAYER,
@@ -44,13 +50,14 @@ from nextvlad.serving import (
     pad_batch,
     resolve_model_file,
 )
-from pipelines.transforms import ScoredBatch
+from pipelines.transforms import ScoredBatch, SegmentScores
 
 __all__ = [
     "InvalidModelError",
     "ModelInfo",
     "NeXtVLADModelHandler",
     "ScoringModel",
+    "SegmentOptions",
     "default_model_version",
     "inspect_model",
     "pad_batch",
@@ -214,6 +221,63 @@ def _predict_function(keras_model: Any) -> Any:
     return predict
 
 
+@dataclasses.dataclass(frozen=True)
+class SegmentOptions:
+    """How the handler scores the segments of each video (`pipelines.score --segments`)."""
+
+    length: int = SEGMENT_LENGTH  # frames per segment (the 2019 release rates 5)
+    stride: int = SEGMENT_STRIDE  # frames between segment starts
+    top_k: int = 20  # classes kept per segment
+    classes: tuple[int, ...] = ()  # choose the top classes among these only (e.g. the rated ones); () all
+    embeddings: bool = False  # also keep each segment's embedding
+    batch_size: int = 512  # segments per model call
+
+    def __post_init__(self) -> None:
+        check_window(self.length, self.stride)
+        if self.top_k < 1 or self.batch_size < 1:
+            raise ValueError(f"top_k={self.top_k} and batch_size={self.batch_size} must be positive")
+        if self.classes and self.top_k > len(self.classes):
+            raise ValueError(
+                f"top_k={self.top_k} is more than the {len(self.classes)} classes to choose from"
+            )
+
+
+def score_segments(model: ScoringModel, videos: Sequence[dict], options: SegmentOptions) -> SegmentScores:
+    """Every segment of `videos`, scored in calls of `options.batch_size` and reduced to its top classes.
+
+    Args:
+        model: the loaded model.
+        videos: parsed frame-level videos (their uint8 frames are sliced, not read again).
+        options: window, classes and outputs.
+
+    Returns:
+        The segments in video order, then start order.
+    """
+    segments = segment_inputs(videos, length=options.length, stride=options.stride)
+    classes = np.asarray(options.classes, dtype=np.int64)
+    tops, scores, embeddings = [], [], []
+    for part, rows in segment_chunks(segments.inputs, options.batch_size):
+        outputs = model.score(part)
+        predictions = outputs["predictions"][:rows]  # [n, C]
+        if classes.size:
+            columns, best = top_k_fn(predictions[:, classes], options.top_k)
+            tops.append(classes[columns])
+        else:
+            columns, best = top_k_fn(predictions, options.top_k)
+            tops.append(columns)
+        scores.append(best)
+        if options.embeddings:
+            embeddings.append(outputs["embedding"][:rows])
+    k = options.top_k if not classes.size else min(options.top_k, classes.size)
+    return SegmentScores(
+        video_index=segments.video_index,
+        start_time=segments.start_time,
+        top_classes=np.concatenate(tops).astype(np.int32) if tops else np.zeros((0, k), np.int32),
+        top_scores=np.concatenate(scores).astype(np.float32) if scores else np.zeros((0, k), np.float32),
+        embeddings=np.concatenate(embeddings) if options.embeddings and embeddings else None,
+    )
+
+
 class NeXtVLADModelHandler(ModelHandler[dict, ScoredBatch, ScoringModel]):
     """Scores parsed YouTube-8M videos with a NeXtVLAD `.keras` model.
 
@@ -229,6 +293,7 @@ class NeXtVLADModelHandler(ModelHandler[dict, ScoredBatch, ScoringModel]):
         model_copies: with sharing, how many copies to load per machine (e.g. one per GPU); implies sharing.
         pad_lengths: frame counts each batch is padded up to (see `pad_batch`): the `BucketByLength`
             boundaries when the pipeline buckets videos by length; empty: each batch's longest video.
+        segments: also score every segment of each video (frame level only); None: videos only.
 
     Example:
         >>> videos | RunInference(NeXtVLADModelHandler("model/model.keras", batch_size=64))  # ScoredBatch
@@ -244,6 +309,7 @@ class NeXtVLADModelHandler(ModelHandler[dict, ScoredBatch, ScoringModel]):
         share_model_across_processes: bool = False,
         model_copies: int | None = None,
         pad_lengths: Sequence[int] = (),
+        segments: SegmentOptions | None = None,
     ) -> None:
         if input_format not in ("frame", "video"):
             raise ValueError(f"input_format={input_format!r}; expected 'frame' or 'video'")
@@ -253,6 +319,8 @@ class NeXtVLADModelHandler(ModelHandler[dict, ScoredBatch, ScoringModel]):
             raise ValueError(f"precision={precision!r}; expected one of {PRECISIONS}")
         if model_copies is not None and model_copies < 1:
             raise ValueError(f"model_copies={model_copies}; expected a positive count")
+        if segments is not None and input_format != "frame":
+            raise ValueError("segments are windows of frames: segment scoring needs input_format='frame'")
         super().__init__(
             min_batch_size=batch_size,
             max_batch_size=batch_size,
@@ -263,6 +331,7 @@ class NeXtVLADModelHandler(ModelHandler[dict, ScoredBatch, ScoringModel]):
         self._input_format = input_format
         self._precision = precision
         self._pad_lengths = sorted(int(n) for n in pad_lengths)
+        self._segments = segments
 
     def load_model(self) -> ScoringModel:
         model = ScoringModel(self._model_uri, precision=self._precision)
@@ -279,10 +348,20 @@ class NeXtVLADModelHandler(ModelHandler[dict, ScoredBatch, ScoringModel]):
         model: ScoringModel,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[ScoredBatch]:
+        started = time.perf_counter()
         outputs = model.score(pad_batch(batch, self._input_format, lengths=self._pad_lengths))
         Metrics.counter(METRICS_NAMESPACE, "batches").inc()
+        segments = None
+        if self._segments is not None:
+            # Model time of each pass, so the run can report what segments cost per video.
+            middle = time.perf_counter()
+            segments = score_segments(model, batch, self._segments)
+            ended = time.perf_counter()
+            Metrics.counter(METRICS_NAMESPACE, "video_model_msecs").inc(round(1e3 * (middle - started)))
+            Metrics.counter(METRICS_NAMESPACE, "segment_model_msecs").inc(round(1e3 * (ended - middle)))
+            Metrics.counter(METRICS_NAMESPACE, "segments_scored").inc(int(segments.start_time.size))
         # One result per batch, not per video: rows are formatted a batch at a time (top-k over [B, C]).
-        return [ScoredBatch(list(batch), outputs["predictions"], outputs["embedding"])]
+        return [ScoredBatch(list(batch), outputs["predictions"], outputs["embedding"], segments)]
 
     def get_num_bytes(self, batch: Sequence[dict]) -> int:
         # The default pickles the whole batch only to measure it.

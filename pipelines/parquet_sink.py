@@ -14,6 +14,17 @@ array per row):
 | `embedding` | fixed_size_list<float32>[E] |
 | `model_version` | string |
 
+With segment scoring (`pipelines.score --segments`) the segment rows go to
+`{output}_segments-SSSSS-of-NNNNN.parquet`, a name the video rows' glob `{output}-*.parquet` never matches:
+
+| column | type |
+| --- | --- |
+| `id` | string (the video) |
+| `start_time` | int32 (the segment's first frame = second) |
+| `top_classes` | list<int32> |
+| `top_scores` | list<float32> |
+| `embedding` | fixed_size_list<float32>[E] (only with `--segment_embeddings`) |
+
 Read the result with DuckDB (`SELECT * FROM 'PREFIX-*.parquet'`), pyarrow
 (`pyarrow.parquet.read_table(glob.glob("PREFIX-*.parquet"))`) or pandas
 (`pandas.concat(pandas.read_parquet(f) for f in glob.glob("PREFIX-*.parquet"))`).
@@ -25,6 +36,8 @@ import apache_beam as beam
 import pyarrow as pa
 
 COLUMNS = ("id", "num_frames", "labels", "top_classes", "top_scores", "embedding", "model_version")
+SEGMENT_COLUMNS = ("id", "start_time", "top_classes", "top_scores")  # + "embedding" with embeddings
+SEGMENTS_INFIX = "_segments"  # segment rows: {output}_segments-SSSSS-of-NNNNN.parquet
 
 
 def output_schema(embedding_size: int) -> pa.Schema:
@@ -51,6 +64,21 @@ def output_schema(embedding_size: int) -> pa.Schema:
     )
 
 
+def segment_schema(embedding_size: int | None = None) -> pa.Schema:
+    """The pyarrow schema of the segment rows; with `embedding_size` (E) also the segment embeddings."""
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("start_time", pa.int32(), nullable=False),
+        pa.field("top_classes", pa.list_(pa.int32()), nullable=False),
+        pa.field("top_scores", pa.list_(pa.float32()), nullable=False),
+    ]
+    if embedding_size is not None:
+        if embedding_size < 1:
+            raise ValueError(f"embedding_size={embedding_size}; expected a positive length")
+        fields.append(pa.field("embedding", pa.list_(pa.float32(), embedding_size), nullable=False))
+    return pa.schema(fields)
+
+
 class WriteParquet(beam.PTransform):
     """Writes score rows (Arrow tables from `FormatRows`, one per inference batch) as sharded Parquet files.
 
@@ -59,19 +87,26 @@ class WriteParquet(beam.PTransform):
     Args:
         output: path prefix (local or gs://); files are `{output}-SSSSS-of-NNNNN.parquet`.
         embedding_size: E, for the schema.
+        schema: another schema for the rows (e.g. `segment_schema`); default the video rows'.
         num_shards: number of files; 0 (default) lets the runner decide (one per bundle), which avoids
             shuffling the rows. A fixed count groups all tables first.
         codec: Parquet compression codec.
     """
 
     def __init__(
-        self, output: str, *, embedding_size: int, num_shards: int = 0, codec: str = "snappy"
+        self,
+        output: str,
+        *,
+        embedding_size: int,
+        schema: pa.Schema | None = None,
+        num_shards: int = 0,
+        codec: str = "snappy",
     ) -> None:
         super().__init__()
         if num_shards < 0:
             raise ValueError(f"num_shards={num_shards}; expected 0 (runner decides) or a positive count")
         self._output = output
-        self._schema = output_schema(embedding_size)
+        self._schema = schema if schema is not None else output_schema(embedding_size)
         self._num_shards = num_shards
         self._codec = codec
 

@@ -15,7 +15,9 @@ the dead letter still goes to `--output`.
 
 Pipeline: ReadFrameRecords (ReadVideoRecords) -> ParseRecords -> BucketByLength (videos of similar length
 in runs of --batch_size; `--length_buckets none` skips it) -> RunInference -> FormatRows -> WriteParquet /
-WriteBigQuery; bad records and corrupt files -> WriteDeadLetter.
+WriteBigQuery; bad records and corrupt files -> WriteDeadLetter. With `--segments` the same RunInference
+also scores every 5-frame segment of each video (the 2019 segment task), and FormatSegmentRows ->
+WriteSegmentParquet writes them to `scores/run1_segments-SSSSS-of-NNNNN.parquet`.
 
 Checked before anything runs, each with a message saying what to pass: the model exists and is a NeXtVLAD
 scoring model, `--input_format` agrees with the model's inputs and the data, `--top_k` is at most the
@@ -41,22 +43,25 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from nextvlad.segments import SEGMENT_LENGTH, SEGMENT_STRIDE
 from nextvlad.serving import check_first_record, describe_id_layout
 from pipelines.handler import (
     PRECISIONS,
     InvalidModelError,
     ModelInfo,
     NeXtVLADModelHandler,
+    SegmentOptions,
     default_model_version,
     enable_gpu_memory_growth,
     inspect_model,
 )
-from pipelines.parquet_sink import WriteParquet
+from pipelines.parquet_sink import SEGMENTS_INFIX, WriteParquet, segment_schema
 from pipelines.transforms import (
     DEAD_LETTER,
     METRICS_NAMESPACE,
     BucketByLength,
     FormatRows,
+    FormatSegmentRows,
     ParseRecords,
     ReadRecords,
     Record,
@@ -69,6 +74,7 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("parquet", "bigquery")
 DEFAULT_TOP_K = 20
+DEFAULT_SEGMENT_BATCH = 512  # segments per model call with --segments
 # Length-bucket boundaries in frames: most YouTube-8M videos have 120-300 (one per second, at most 300).
 DEFAULT_LENGTH_BUCKETS = (120, 180, 240, 300)
 
@@ -89,6 +95,9 @@ class ScoreSummary:
     output: str  # the output prefix
     dry_run: bool = False  # --dry_run: checked and built, not run
     labels_outside_vocabulary: int = 0  # scored videos whose ground-truth labels the model does not know
+    segments_scored: int = 0  # with --segments: segment rows
+    video_model_seconds: float = 0.0  # with --segments: time in the model for the videos ...
+    segment_model_seconds: float = 0.0  # ... and for their segments
 
     @property
     def num_dead_letters(self) -> int:
@@ -111,7 +120,21 @@ class ScoreSummary:
         return (
             f"Scored {self.videos_scored} videos{outside} of {self.records_read} records read; {dead}; "
             f"{self.batches} batches in {self.seconds:.1f}s ({self.videos_per_second:.1f} videos/s); "
-            f"output {self.output}-*"
+            f"output {self.output}-*{self._segments_line()}"
+        )
+
+    def _segments_line(self) -> str:
+        if not self.segments_scored:
+            return ""
+        per_video = self.segments_scored / max(self.videos_scored, 1)
+        cost = ""
+        if self.video_model_seconds > 0:
+            ms = 1e3 * self.segment_model_seconds / max(self.videos_scored, 1)
+            ratio = self.segment_model_seconds / self.video_model_seconds
+            cost = f"; segments cost {ms:.1f} ms of model time per video, {ratio:.2f}x the video's own"
+        return (
+            f"\n  {self.segments_scored} segments ({per_video:.1f} per video){cost}; "
+            f"output {self.output}_segments-*"
         )
 
 
@@ -204,6 +227,41 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model_copies", type=int, help="with sharing: model copies per machine (implies --share_model)"
     )
+    segments = parser.add_argument_group(
+        "segments (the YouTube-8M 2019 segment task; frame-level models only)",
+        "With --segments every video's segments are scored too, in batched calls on the worker that scores "
+        "the video, from the frames it already holds (no second read), and written to "
+        "{output}_segments-SSSSS-of-NNNNN.parquet: id, start_time, top_classes, top_scores (and embedding). "
+        "A 300-frame video has 60 segments of 5 frames. `python -m pipelines.segment_submission` turns them "
+        "into the 2019 Kaggle submission file.",
+    )
+    segments.add_argument(
+        "--segments", action="store_true", help="also score every segment of every video (see above)"
+    )
+    segments.add_argument(
+        "--segment_length", type=int, default=SEGMENT_LENGTH, help="frames per segment (default 5, as rated)"
+    )
+    segments.add_argument(
+        "--segment_stride",
+        type=int,
+        default=SEGMENT_STRIDE,
+        help="frames between segment starts (default 5: the 2019 ratings start at multiples of 5)",
+    )
+    segments.add_argument("--segment_top_k", type=int, help="classes kept per segment (default: --top_k)")
+    segments.add_argument(
+        "--segment_classes",
+        help="CSV of class ids (one per line; a header is skipped), e.g. the 2019 segment_label_ids.csv: "
+        "each segment's top classes are chosen among these only (default: all of the model's classes)",
+    )
+    segments.add_argument(
+        "--segment_embeddings", action="store_true", help="also write each segment's embedding"
+    )
+    segments.add_argument(
+        "--segment_batch_size",
+        type=int,
+        default=DEFAULT_SEGMENT_BATCH,
+        help=f"segments per model call (default {DEFAULT_SEGMENT_BATCH})",
+    )
     parser.add_argument(
         "--dry_run",
         action="store_true",
@@ -291,10 +349,38 @@ def _check_arguments(args: argparse.Namespace) -> None:
             "--bigquery_table is set but --output_format does not include bigquery; "
             "add --output_format bigquery"
         )
+    _check_segment_arguments(args)
     if args.output.endswith(("/", "\\")):
         _fail(
             f"--output={args.output!r} is a directory; pass a file prefix inside it, e.g. {args.output}scores"
         )
+
+
+def _check_segment_arguments(args: argparse.Namespace) -> None:
+    defaults = {
+        "segment_length": SEGMENT_LENGTH,
+        "segment_stride": SEGMENT_STRIDE,
+        "segment_top_k": None,
+        "segment_classes": None,
+        "segment_embeddings": False,
+        "segment_batch_size": DEFAULT_SEGMENT_BATCH,
+    }
+    if not args.segments:
+        given = [f"--{name}" for name, default in defaults.items() if getattr(args, name) != default]
+        if given:
+            _fail(f"{', '.join(given)} set without --segments; add --segments to score segments")
+        return
+    for name in ("segment_length", "segment_stride", "segment_batch_size", "segment_top_k"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            _fail(f"--{name}={value} must be >= 1")
+    if args.segment_classes is not None:
+        from nextvlad.segments import read_class_ids
+
+        try:
+            args.segment_class_ids = tuple(read_class_ids(args.segment_classes))
+        except (OSError, ValueError) as e:
+            _fail(f"--segment_classes: {e}")
 
 
 def _check_model(args: argparse.Namespace) -> ModelInfo:
@@ -315,7 +401,29 @@ def _check_model(args: argparse.Namespace) -> ModelInfo:
             f"--top_k={args.top_k} is larger than the model's {info.num_classes} classes; pass --top_k "
             f"{info.num_classes} or less"
         )
+    if args.segments:
+        _check_segment_model(args, info)
     return info
+
+
+def _check_segment_model(args: argparse.Namespace, info: ModelInfo) -> None:
+    if info.input_format != "frame":
+        _fail(
+            f"--segments needs a frame-level model and records (a segment is a window of frames); the model "
+            f"{info.path} takes video-level inputs"
+        )
+    classes = getattr(args, "segment_class_ids", ())
+    outside = [c for c in classes if c >= info.num_classes]
+    if outside:
+        _fail(
+            f"--segment_classes {args.segment_classes} names classes {outside[:5]} outside the model's "
+            f"{info.num_classes}; pass the class list of this model's vocabulary"
+        )
+    choices = len(classes) or info.num_classes
+    if args.segment_top_k is None:
+        args.segment_top_k = min(args.top_k, choices)
+    elif args.segment_top_k > choices:
+        _fail(f"--segment_top_k={args.segment_top_k} is more than the {choices} classes to choose from")
 
 
 def _check_input(args: argparse.Namespace, info: ModelInfo) -> None:
@@ -453,18 +561,19 @@ def build_pipeline(
         share_model_across_processes=args.share_model or args.model_copies is not None,
         model_copies=args.model_copies,
         pad_lengths=args.length_buckets or (),
+        segments=_segment_options(args),
     )
     examples = parsed.examples
     if args.length_buckets:
         examples = examples | "BucketByLength" >> BucketByLength(
             args.length_buckets, batch_size=args.batch_size
         )
-    rows = (
-        examples
-        | "RunInference" >> RunInference(handler)
-        | "FormatRows"
-        >> FormatRows(top_k=args.top_k, model_version=model_version, embedding_size=info.embedding_size)
+    scored = examples | "RunInference" >> RunInference(handler)
+    rows = scored | "FormatRows" >> FormatRows(
+        top_k=args.top_k, model_version=model_version, embedding_size=info.embedding_size
     )
+    if args.segments:
+        _write_segments(scored, args, info, bigquery_test_client=bigquery_test_client)
     if "parquet" in args.output_format:
         rows | "WriteParquet" >> WriteParquet(
             args.output, embedding_size=info.embedding_size, num_shards=args.num_shards
@@ -488,6 +597,49 @@ def build_pipeline(
         | "CollectDeadLetters" >> beam.Flatten()
         | "WriteDeadLetter" >> WriteDeadLetter(args.output)
     )
+
+
+def _segment_options(args: argparse.Namespace) -> SegmentOptions | None:
+    if not args.segments:
+        return None
+    return SegmentOptions(
+        length=args.segment_length,
+        stride=args.segment_stride,
+        top_k=args.segment_top_k,
+        classes=getattr(args, "segment_class_ids", ()),
+        embeddings=args.segment_embeddings,
+        batch_size=args.segment_batch_size,
+    )
+
+
+def _write_segments(
+    scored: beam.PCollection, args: argparse.Namespace, info: ModelInfo, *, bigquery_test_client: Any
+) -> None:
+    """Segment rows to `{output}_segments-*.parquet` and, with BigQuery, to the table `{TABLE}_segments`."""
+    embedding_size = info.embedding_size if args.segment_embeddings else None
+    rows = scored | "FormatSegmentRows" >> FormatSegmentRows(embedding_size=embedding_size)
+    if "parquet" in args.output_format:
+        rows | "WriteSegmentParquet" >> WriteParquet(
+            f"{args.output}{SEGMENTS_INFIX}",
+            embedding_size=info.embedding_size,
+            schema=segment_schema(embedding_size),
+            num_shards=args.num_shards,
+        )
+    if "bigquery" in args.output_format:
+        from pipelines.bigquery import WriteRowsToBigQuery, segments_table
+
+        (
+            rows
+            | "SegmentRowDicts" >> RowDicts()
+            | "WriteSegmentBigQuery"
+            >> WriteRowsToBigQuery(
+                segments_table(args.bigquery_table),
+                method=args.bigquery_method,
+                custom_gcs_temp_location=args.bigquery_temp_location,
+                test_client=bigquery_test_client,
+                segments=True,
+            )
+        )
 
 
 def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
@@ -607,6 +759,9 @@ def run(
         seconds=seconds,
         output=args.output,
         labels_outside_vocabulary=counters.get("labels_outside_vocabulary", 0),
+        segments_scored=counters.get("segments_scored", 0),
+        video_model_seconds=counters.get("video_model_msecs", 0) / 1e3,
+        segment_model_seconds=counters.get("segment_model_msecs", 0) / 1e3,
     )
 
 

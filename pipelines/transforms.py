@@ -364,12 +364,23 @@ class BucketByLength(beam.PTransform):
 # --------------------------------------------------------------------------------------------------
 
 
+class SegmentScores(NamedTuple):
+    """The segments of one inference batch's videos, scored and reduced to their top classes."""
+
+    video_index: np.ndarray  # [S] int64: the segment's video in `ScoredBatch.examples`
+    start_time: np.ndarray  # [S] int64: first frame (= second) of the segment
+    top_classes: np.ndarray  # [S, k] int32, best first
+    top_scores: np.ndarray  # [S, k] float32
+    embeddings: np.ndarray | None  # [S, E] float32, when segment embeddings are written
+
+
 class ScoredBatch(NamedTuple):
     """One inference batch: the parsed videos and the model's outputs for them, row for row."""
 
     examples: list[dict[str, Any]]
     predictions: np.ndarray  # [B, C] float32
     embeddings: np.ndarray  # [B, E] float32
+    segments: SegmentScores | None = None  # with segment scoring: every segment of these videos
 
 
 def _int_lists(values: list[list[int]]) -> pa.Array:
@@ -449,6 +460,57 @@ class FormatRows(beam.PTransform):
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         return batches | "Format" >> beam.ParDo(self._fn)
+
+
+def segment_rows_table(batch: ScoredBatch, *, schema: pa.Schema) -> pa.Table:
+    """The segment rows of one scored batch as an Arrow table (`pipelines.parquet_sink.segment_schema`)."""
+    segments = batch.segments
+    columns = {
+        "id": pa.array([batch.examples[i]["id"] for i in segments.video_index], type=pa.string()),
+        "start_time": pa.array(segments.start_time.astype(np.int32)),
+        "top_classes": _fixed_as_lists(segments.top_classes.astype(np.int32, copy=False), pa.int32()),
+        "top_scores": _fixed_as_lists(segments.top_scores.astype(np.float32, copy=False), pa.float32()),
+    }
+    if segments.embeddings is not None:
+        columns["embedding"] = _fixed_lists(segments.embeddings.astype(np.float32, copy=False), pa.float32())
+    return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+
+
+class _FormatSegmentRowsFn(beam.DoFn):
+    def __init__(self, embedding_size: int | None) -> None:
+        self._embedding_size = embedding_size
+
+    def setup(self) -> None:
+        from pipelines.parquet_sink import segment_schema
+
+        self._schema = segment_schema(self._embedding_size)
+        self._rows = Metrics.counter(METRICS_NAMESPACE, "segment_rows")
+
+    def process(self, batch: ScoredBatch) -> Iterator[pa.Table]:
+        if batch.segments is None or not batch.segments.start_time.size:
+            return
+        table = segment_rows_table(batch, schema=self._schema)
+        self._rows.inc(table.num_rows)
+        yield table
+
+
+class FormatSegmentRows(beam.PTransform):
+    """`ScoredBatch` -> one Arrow table of segment rows per batch (docs/design.md "Score output").
+
+    Columns (`pipelines.parquet_sink.segment_schema`): `id` string, `start_time` int32 (the segment's first
+    frame, in seconds), `top_classes` list<int32> (best first), `top_scores` list<float32>, and with
+    segment embeddings `embedding` fixed-size list<float32> (length E).
+
+    Args:
+        embedding_size: E when the segments' embeddings are written, else None.
+    """
+
+    def __init__(self, *, embedding_size: int | None = None) -> None:
+        super().__init__()
+        self._fn = _FormatSegmentRowsFn(embedding_size)
+
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        return batches | "FormatSegments" >> beam.ParDo(self._fn)
 
 
 class RowDicts(beam.PTransform):

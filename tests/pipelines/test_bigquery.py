@@ -16,6 +16,7 @@ from pipelines.bigquery import (
     bigquery_schema,
     load_schema_file,
     parse_table_spec,
+    segments_table,
     to_bigquery_row,
 )
 
@@ -286,3 +287,39 @@ def test_score_pipeline_writes_the_same_rows_to_bigquery_as_to_parquet(
         assert len(row["embedding"]) == scoring_inputs.hidden_size
         assert len(row["top_classes"]) == top_k
         assert row["top_scores"] == sorted(row["top_scores"], reverse=True)
+
+
+def test_score_pipeline_writes_segment_rows_to_their_own_table(
+    bigquery_emulator, gcs_emulator, scoring_inputs, tmp_path
+):
+    from pipelines import score
+
+    table = bigquery_emulator.unique_table("score_segments")
+    output = tmp_path / "scores"
+    summary = score.run(
+        [
+            "--runner=DirectRunner",
+            f"--input={scoring_inputs.pattern}",
+            f"--model={scoring_inputs.model_path}",
+            f"--output={output}",
+            "--output_format",
+            "parquet",
+            "bigquery",
+            f"--bigquery_table={table}",
+            "--bigquery_method=STREAMING_INSERTS",
+            "--segments",
+            "--segment_top_k=2",
+        ],
+        bigquery_test_client=bigquery_emulator.make_test_client(),
+    )
+    segments = sorted(
+        bigquery_emulator.read_rows(segments_table(table)), key=lambda r: (r["id"], r["start_time"])
+    )
+    from_parquet = sorted(
+        read_parquet_rows(f"{output}_segments-*-of-*.parquet"), key=lambda r: (r["id"], r["start_time"])
+    )
+    assert len(segments) == summary.segments_scored > 0
+    assert segments == [{**row, "embedding": []} for row in from_parquet]
+    created = bigquery_emulator.get_table(segments_table(table))
+    assert [f.name for f in created.schema] == ["id", "start_time", "top_classes", "top_scores", "embedding"]
+    assert [r["id"] for r in bigquery_emulator.read_rows(table)] == sorted(scoring_inputs.ids)
