@@ -327,6 +327,33 @@ def _decode_frames(message: _Message, name: str, size: int, num_kept: int, video
     return np.frombuffer(b"".join(values), dtype=np.uint8).reshape(len(values), size)
 
 
+def _reject_other_kind(message: _Message, *, expected: str) -> None:
+    """Called when a record lacks the features of the `expected` kind: it is of the other kind, or empty."""
+    other = "video" if expected == "frame" else "frame"
+    is_other = (
+        bool(message.lists)
+        if other == "frame"
+        else any(name in message.features for name in ("mean_rgb", "mean_audio"))
+    )
+    if is_other:
+        holds = (
+            "tf.train.SequenceExample with rgb/audio frames"
+            if other == "frame"
+            else ("tf.train.Example with mean_rgb/mean_audio")
+        )
+        raise InvalidRecordError(
+            f"This is a {other}-level record ({holds}), not a {expected}-level one: use "
+            f"--input_format={other} (input_format='{other}') for this data",
+            reason="wrong_record_kind",
+            video_id=_try_id(message),
+        )
+    if not message.features:
+        raise InvalidRecordError(
+            f"Record of {len(message.data)} bytes holds no features at all; not a YouTube-8M record",
+            reason="not_an_example",
+        )
+
+
 def parse_frame_example(
     serialized: bytes, *, max_frames: int | None = MAX_FRAMES, num_classes: int | None = NUM_CLASSES
 ) -> dict[str, Any]:
@@ -350,21 +377,9 @@ def parse_frame_example(
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
-    data = _as_bytes(serialized)
-    message = _Message(data)
+    message = _Message(_as_bytes(serialized))
     if "rgb" not in message.lists and "audio" not in message.lists:
-        if "mean_rgb" in message.features or "mean_audio" in message.features:
-            raise InvalidRecordError(
-                "This is a video-level record (tf.train.Example with mean_rgb/mean_audio), not a frame-level "
-                "one: use --input_format=video (input_format='video') for this data",
-                reason="wrong_record_kind",
-                video_id=_try_id(message),
-            )
-        if not message.features:
-            raise InvalidRecordError(
-                f"Record of {len(data)} bytes holds no features at all; not a YouTube-8M record",
-                reason="not_an_example",
-            )
+        _reject_other_kind(message, expected="frame")
     video_id = _read_id(message)
     for name in ("rgb", "audio"):
         if name not in message.lists:
@@ -434,21 +449,9 @@ def parse_video_example(serialized: bytes, *, num_classes: int | None = NUM_CLAS
     Raises:
         InvalidRecordError: the record is malformed; `.reason` says how.
     """
-    data = _as_bytes(serialized)
-    message = _Message(data)
+    message = _Message(_as_bytes(serialized))
     if "mean_rgb" not in message.features and "mean_audio" not in message.features:
-        if message.lists:
-            raise InvalidRecordError(
-                "This is a frame-level record (tf.train.SequenceExample with rgb/audio frames), not a "
-                "video-level one: use --input_format=frame (input_format='frame') for this data",
-                reason="wrong_record_kind",
-                video_id=_try_id(message),
-            )
-        if not message.features:
-            raise InvalidRecordError(
-                f"Record of {len(data)} bytes holds no features at all; not a YouTube-8M record",
-                reason="not_an_example",
-            )
+        _reject_other_kind(message, expected="video")
     video_id = _read_id(message)
     for name in ("mean_rgb", "mean_audio"):
         if name not in message.features:
