@@ -16,6 +16,17 @@ It prints GAP@20, Hit@1, PERR, mAP and the number of videos, and writes, by defa
 
 `--submission` also writes the 2018 Kaggle CSV (`VideoId,LabelConfidencePairs`, top 20 as `"%i %g"`).
 
+`--segments` evaluates the 2019 segment task instead, on records with segment ratings (the 2019
+validation set, or `python -m nextvlad.synthetic --segments`):
+
+    python -m trainer.evaluate --model runs/segments --data 'segments/validate*.tfrecord' --segments
+
+prints segment mAP@100000 (`segment_map` in the JSON, the starter code's definition: see
+`trainer.segment_evaluation`) and writes `segment_eval_metrics.json` and
+`segment_eval_metrics_per_class.csv` (`class_id[,name],rated_segments,positives,ap`) beside the model.
+`--segments_from video` scores each segment with its video's prediction instead, the baseline a segment
+model must beat.
+
 Records are read with the same parser as scoring (`nextvlad.records`), so evaluation runs on any Keras
 backend and rejects the same invalid records. Memory: the model runs batch by batch, and the evaluation
 keeps `[N, C]` float32 scores plus `[N, C]` boolean labels: about 19 KB per video with 3862 classes
@@ -36,6 +47,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from nextvlad import files, records
+from nextvlad.metrics import SEGMENT_MAX_PREDICTIONS
+from nextvlad.segments import SEGMENT_LENGTH, SEGMENT_STRIDE
 from nextvlad.serving import (
     FRAME_INPUTS,
     VIDEO_INPUTS,
@@ -50,11 +63,14 @@ from nextvlad.serving import (
 from trainer.evaluation import compute_evaluation, predict_records
 from trainer.evaluation_report import (
     DEFAULT_OUTPUT,
+    DEFAULT_SEGMENT_OUTPUT,
     output_paths,
     plot_evaluation,
     write_per_class_csv,
+    write_segment_per_class_csv,
     write_submission,
 )
+from trainer.segment_evaluation import SOURCES, evaluate_segments
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +188,86 @@ def evaluate(
     return result
 
 
+def evaluate_segment_task(
+    model_path: str,
+    data_pattern: str,
+    *,
+    output: str | None = None,
+    label_names: str | None = None,
+    batch_size: int | None = None,
+    source: str = "segments",
+    segment_length: int = SEGMENT_LENGTH,
+    segment_stride: int = SEGMENT_STRIDE,
+    max_segments: int = SEGMENT_MAX_PREDICTIONS,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Segment mAP@`max_segments` of a frame-level model on segment-rated records, written as JSON + CSV.
+
+    Args:
+        model_path: a model_dir written by `trainer.train` or a `.keras` file (frame level).
+        data_pattern: TFRecord glob (local or gs://) of records with segment ratings.
+        output: metrics JSON path; default `segment_eval_metrics.json` beside the model. The per-class CSV
+            (`<stem>_per_class.csv`) goes beside it.
+        label_names: `label_id,label_name` CSV adding class names to the CSV.
+        batch_size: videos read per step.
+        source: `"segments"` (the model on each segment) or `"video"` (each video's prediction copied to
+            its segments).
+        segment_length: frames per segment given to the model.
+        segment_stride: frames between segment starts (the ratings' start times must lie on it).
+        max_segments: the per-class cut of the ranking (100,000 in the challenge).
+        progress: show a progress bar.
+
+    Returns:
+        The metrics written to the JSON (`trainer.segment_evaluation.SegmentEvaluation.metrics`) plus
+        `model`, `data`, `seconds` and `outputs`.
+
+    Raises:
+        FileNotFoundError: no model, no file matching `data_pattern`, or no label names file.
+        ValueError: not a frame-level NeXtVLAD serving model, no ratings in the data, or a bad argument.
+    """
+    start = time.perf_counter()
+    names = records.read_label_names(label_names) if label_names else None
+    model, info = load_serving_model(model_path)
+    _log_record_layout(data_pattern, info)
+    evaluation = evaluate_segments(
+        model,
+        info,
+        data_pattern,
+        source=source,
+        length=segment_length,
+        stride=segment_stride,
+        max_predictions=max_segments,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    paths = output_paths(model_path, output, default=DEFAULT_SEGMENT_OUTPUT)
+    del paths["plot"]
+    write_segment_per_class_csv(paths["per_class"], evaluation, label_names=names)
+    result = {
+        **evaluation.metrics,
+        "model": info.path,
+        "data": data_pattern,
+        "seconds": round(time.perf_counter() - start, 3),
+        "outputs": paths,
+    }
+    files.write_bytes(paths["metrics"], (json.dumps(result, indent=2) + "\n").encode())
+    return result
+
+
+def format_segment_summary(metrics: dict[str, Any]) -> str:
+    """The segment task's headline numbers, for the terminal."""
+    return "\n".join(
+        [
+            f"segment mAP@{metrics['max_predictions']:,}: {metrics['segment_map']:.4f} "
+            f"({metrics['classes_with_positives']} classes with positive ratings; segments scored by "
+            f"{'the model on each segment' if metrics['source'] == 'segments' else 'their video'})",
+            f"{metrics['num_ratings']:,} ratings ({metrics['num_positive_ratings']:,} positive) of "
+            f"{metrics['num_videos']:,} videos; {metrics['num_segments_scored']:,} of "
+            f"{metrics['num_segments']:,} segments scored ({metrics['scored']})",
+        ]
+    )
+
+
 def format_summary(metrics: dict[str, Any]) -> str:
     """A small two-column table of the headline metrics, for the terminal."""
     k = metrics.get("top_k", 20)
@@ -210,6 +306,29 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--submission", help="also write the Kaggle 2018 submission CSV here")
     parser.add_argument("--top_k", type=int, default=20, help="predictions per video for GAP (default 20)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    segments = parser.add_argument_group(
+        "segments (the YouTube-8M 2019 segment task)",
+        "--segments computes segment mAP@100000 on records with segment ratings instead of the video "
+        "metrics, and writes segment_eval_metrics.json and its _per_class.csv beside the model.",
+    )
+    segments.add_argument("--segments", action="store_true", help="evaluate the segment task")
+    segments.add_argument(
+        "--segments_from",
+        choices=SOURCES,
+        default="segments",
+        help="score each segment with the model on the segment (default) or with its video's prediction "
+        "(the baseline)",
+    )
+    segments.add_argument("--segment_length", type=int, default=SEGMENT_LENGTH, help="frames per segment")
+    segments.add_argument(
+        "--segment_stride", type=int, default=SEGMENT_STRIDE, help="frames between segment starts"
+    )
+    segments.add_argument(
+        "--max_segments",
+        type=int,
+        default=SEGMENT_MAX_PREDICTIONS,
+        help="segments ranked per class before the rated ones are looked up (the challenge: 100000)",
+    )
     return parser.parse_args(argv)
 
 
@@ -217,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.segments:
+        return _main_segments(args)
     try:
         result = evaluate(
             args.model,
@@ -234,6 +355,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print()
     print(format_summary(result))
+    print()
+    for kind, path in result["outputs"].items():
+        print(f"{kind:>10}: {path}")
+    print(f"({result['seconds']:.1f} s)")
+    return 0
+
+
+def _main_segments(args: argparse.Namespace) -> int:
+    if args.submission or args.input_format == "video":
+        flag = "--submission" if args.submission else "--input_format video"
+        print(
+            f"error: {flag} does not apply to --segments (segments are frames; the 2019 submission is "
+            "written by `python -m pipelines.segment_submission`)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        result = evaluate_segment_task(
+            args.model,
+            args.data,
+            output=args.output,
+            label_names=args.label_names,
+            batch_size=args.batch_size,
+            source=args.segments_from,
+            segment_length=args.segment_length,
+            segment_stride=args.segment_stride,
+            max_segments=args.max_segments,
+            progress=not args.quiet,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(format_segment_summary(result))
     print()
     for kind, path in result["outputs"].items():
         print(f"{kind:>10}: {path}")

@@ -13,8 +13,10 @@ import numpy as np
 
 from nextvlad import files
 from trainer.evaluation import Evaluation, block_top_k
+from trainer.segment_evaluation import SegmentEvaluation
 
 DEFAULT_OUTPUT = "eval_metrics.json"
+DEFAULT_SEGMENT_OUTPUT = "segment_eval_metrics.json"  # `--segments`: beside, not over, the video metrics
 _PLOT_POINTS = 4000  # the PR curve has N·k points; the plot does not need more than this
 
 
@@ -60,6 +62,32 @@ def write_submission(path: str, ids: Sequence[str], predictions: np.ndarray, *, 
         # The challenge's own format string: "%g" keeps 6 significant digits.
         pairs = " ".join("%i %g" % pair for pair in zip(row_classes, row_scores, strict=True))  # noqa: UP031
         writer.writerow([video_id, pairs])
+    files.write_bytes(path, buffer.getvalue().encode())
+
+
+def write_segment_per_class_csv(
+    path: str, evaluation: SegmentEvaluation, *, label_names: dict[int, str] | None = None
+) -> None:
+    """One row per class with ratings: `class_id[,name],rated_segments,positives,ap` (segment AP; blank
+    without a positive rating).
+
+    Args:
+        path: output CSV, local or gs://.
+        evaluation: from `trainer.segment_evaluation.evaluate_segments`.
+        label_names: optional `{class_id: name}`; adds the `name` column.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        ["class_id", *(["name"] if label_names is not None else []), "rated_segments", "positives", "ap"]
+    )
+    for c in np.flatnonzero(evaluation.rated_segments):
+        ap = evaluation.average_precision[c]
+        name = [label_names.get(int(c), "")] if label_names is not None else []
+        ap_text = "" if np.isnan(ap) else f"{ap:.6f}"
+        writer.writerow(
+            [int(c), *name, int(evaluation.rated_segments[c]), int(evaluation.positives[c]), ap_text]
+        )
     files.write_bytes(path, buffer.getvalue().encode())
 
 
@@ -164,12 +192,13 @@ def plot_evaluation(path: str, evaluation: Evaluation, *, label_names: dict[int,
     files.write_bytes(path, buffer.getvalue())
 
 
-def output_paths(model: str, output: str | None) -> dict[str, str]:
+def output_paths(model: str, output: str | None, *, default: str = DEFAULT_OUTPUT) -> dict[str, str]:
     """Where the metrics JSON, per-class CSV and plot go: beside `output`, named after it.
 
     Args:
         model: the `--model` argument (a model_dir or a `.keras` file).
-        output: the metrics JSON path, or None for `eval_metrics.json` beside the model.
+        output: the metrics JSON path, or None for `default` (`eval_metrics.json`) beside the model.
+        default: the JSON's file name when `output` is None.
 
     Returns:
         `{"metrics": ..., "per_class": ..., "plot": ...}`.
@@ -180,6 +209,6 @@ def output_paths(model: str, output: str | None) -> dict[str, str]:
             if model.endswith(".keras")
             else model.rstrip("/")
         )
-        output = f"{folder}/{DEFAULT_OUTPUT}"
+        output = f"{folder}/{default}"
     stem = output[: -len(".json")] if output.endswith(".json") else output
     return {"metrics": output, "per_class": f"{stem}_per_class.csv", "plot": f"{stem}.png"}
