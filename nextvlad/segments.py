@@ -304,3 +304,15 @@ def segment_chunks(
                 name: np.concatenate([v, np.repeat(v[-1:], size - rows, axis=0)]) for name, v in part.items()
             }
         yield part, rows
+
+
+def count_rated_segments(paths: Sequence[str]) -> int:
+    """Segments (distinct start times per video) with at least one rating in these TFRecord files: the
+    training examples of fine-tuning on segment labels."""
+    total = 0
+    for path in paths:
+        for data in files.iter_tfrecords(path):
+            # One frame kept: only the context is needed, and the start times are still checked.
+            example = records.parse_frame_example(data, max_frames=1, num_classes=None)
+            total += len(set(example.get("segment_start_times", ())))
+    return total

@@ -28,6 +28,7 @@ from nextvlad.records import (
     MAX_FRAMES,
     NUM_CLASSES,
     RGB_SIZE,
+    SEGMENT_FRAMES,
     InvalidRecordError,
     dequantize,
     id_feature,
@@ -56,6 +57,7 @@ __all__ = [
     "frame_example_bytes",
     "id_feature",
     "make_dataset",
+    "make_segment_dataset",
     "parse_frame_example",
     "parse_label_names",
     "parse_video_example",
@@ -280,4 +282,140 @@ def make_dataset(
     else:
         parse = functools.partial(_parse_video_batch, num_classes=num_classes, include_ids=include_ids)
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rated segments (the 2019 segment release), for fine-tuning on segment labels
+# --------------------------------------------------------------------------------------------------
+
+
+def _frames_at(strings: tf.Tensor, index: tf.Tensor, valid: tf.Tensor, size: int, name: str) -> tf.Tensor:
+    """uint8 [U, L, size] frames `strings[index]`, zeros where not `valid` (past the video's end)."""
+    picked = tf.gather(strings, index)  # [U, L] strings
+    right_size = tf.debugging.assert_equal(
+        tf.strings.length(picked),
+        size,
+        message=f"Every {name} frame must hold exactly {size} bytes (uint8-quantized YouTube-8M features)",
+    )
+    frames = tf.reshape(
+        tf.io.decode_raw(_after([right_size], picked), tf.uint8), [-1, tf.shape(index)[1], size]
+    )
+    return frames * tf.cast(valid, tf.uint8)[:, :, None]
+
+
+def _parse_rated_segments(
+    serialized: tf.Tensor, num_classes: int, length: int
+) -> tuple[dict[str, tf.Tensor], tf.Tensor, tf.Tensor]:
+    """One record -> its U rated segments: frames `[U, L, D]`, targets `[U, C]` and rated mask `[U, C]`."""
+    context, sequences = tf.io.parse_single_sequence_example(
+        serialized,
+        context_features={
+            "segment_start_times": tf.io.VarLenFeature(tf.int64),
+            "segment_labels": tf.io.VarLenFeature(tf.int64),
+            "segment_scores": tf.io.VarLenFeature(tf.float32),
+        },
+        sequence_features={
+            "rgb": tf.io.FixedLenSequenceFeature([], tf.string),
+            "audio": tf.io.FixedLenSequenceFeature([], tf.string),
+        },
+    )
+    starts = context["segment_start_times"].values  # [R]
+    labels = context["segment_labels"].values  # [R]
+    scores = context["segment_scores"].values  # [R]
+    total = tf.cast(tf.shape(sequences["rgb"])[0], tf.int64)
+    checks = [
+        tf.debugging.assert_equal(
+            tf.shape(starts), tf.shape(labels), message="segment fields differ in length"
+        ),
+        tf.debugging.assert_equal(
+            tf.shape(starts), tf.shape(scores), message="segment fields differ in length"
+        ),
+        tf.debugging.assert_non_negative(labels, message="segment label ids must be >= 0"),
+        tf.debugging.assert_less(
+            labels,
+            tf.constant(num_classes, tf.int64),
+            message=f"Segment label id >= num_classes={num_classes}: pass the right num_classes",
+        ),
+        tf.debugging.assert_non_negative(starts, message="segment start times must be >= 0"),
+        tf.debugging.assert_less(
+            starts, tf.maximum(total, 1), message="a segment starts after the video's end"
+        ),
+    ]
+    unique, which = tf.unique(_after(checks, starts))  # [U], [R]
+    index = unique[:, None] + tf.range(length, dtype=tf.int64)  # [U, L]
+    valid = index < total
+    index = tf.minimum(index, total - 1)
+    features = {
+        "rgb": _frames_at(sequences["rgb"], index, valid, RGB_SIZE, "rgb"),
+        "audio": _frames_at(sequences["audio"], index, valid, AUDIO_SIZE, "audio"),
+        "num_frames": tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
+    }
+    pairs = tf.stack([tf.cast(which, tf.int64), labels], axis=1)  # [R, 2]
+    shape = tf.stack([tf.cast(tf.size(unique), tf.int64), tf.constant(num_classes, tf.int64)])
+    targets = tf.tensor_scatter_nd_max(tf.zeros(shape, tf.float32), pairs, tf.cast(scores > 0, tf.float32))
+    rated = tf.tensor_scatter_nd_max(tf.zeros(shape, tf.float32), pairs, tf.ones_like(scores))
+    return features, targets, rated
+
+
+def make_segment_dataset(
+    file_pattern: str | Sequence[str],
+    *,
+    batch_size: int,
+    num_classes: int = NUM_CLASSES,
+    length: int = SEGMENT_FRAMES,
+    shuffle: bool = False,
+    shuffle_buffer: int = 4096,
+    repeat: bool = False,
+    seed: int | None = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Batched rated segments of 2019-style records: `(features, targets, rated)` for fine-tuning.
+
+    Every (video, start time) with at least one rating is one example: its `length` frames from the start
+    (zero-padded past the video's end, `num_frames` the true count), `targets[c]` 1 where class `c` is
+    rated present, and `rated[c]` 1 where class `c` is rated at all. Passed to Keras as sample weights,
+    `rated` masks the unrated classes out of the loss (`trainer.losses`). Records without ratings give
+    no examples.
+
+    Args:
+        file_pattern: glob pattern(s) of frame-level records, local or gs://.
+        batch_size: segments per batch.
+        num_classes: label vocabulary size; a rated class outside it stops iteration with an error.
+        length: frames per segment (the release rates 5).
+        shuffle: shuffle files, records (a buffer of `shuffle_buffer`) and segments.
+        shuffle_buffer: records in the record shuffle buffer (segments: the same count).
+        repeat: repeat forever.
+        seed: seed for the shuffles.
+        drop_remainder: drop the last partial batch.
+
+    Returns:
+        A dataset of `(features, targets, rated)`: features `rgb` uint8 [B, L, 1024], `audio` uint8
+        [B, L, 128], `num_frames` int32 [B]; targets and rated float32 [B, C].
+    """
+    if batch_size < 1 or length < 1 or num_classes < 1:
+        raise ValueError(
+            f"batch_size, length and num_classes must be >= 1, got {batch_size}, {length}, {num_classes}"
+        )
+    files = expand_file_pattern(file_pattern)
+    deterministic = seed is not None or not shuffle
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), 16),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    parse = functools.partial(_parse_rated_segments, num_classes=num_classes, length=length)
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic).unbatch()
+    if shuffle:
+        # A video's segments arrive together: mix them with other videos' before batching.
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)

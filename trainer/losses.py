@@ -9,6 +9,9 @@
 
   The mixture's distribution is the teacher: gradients of the KL term flow only into the branches.
 - Plus the layers' regularisation losses (L2 on the classifier).
+- Fine-tuning on rated segments (`trainer.train --segment_labels`): a per-class mask (the `rated` sample
+  weights of `nextvlad.yt8m.make_segment_dataset`) keeps only the rated classes of each segment in the
+  cross-entropy sums; the distillation term, which compares whole distributions, is unchanged.
 
 `TrainingModel` wraps a model from `nextvlad.build_model` and computes this loss in `compute_loss`,
 so `fit()` works unchanged (progress bars, callbacks, `tf.distribute`, mixed precision).
@@ -27,16 +30,17 @@ from nextvlad.config import ModelConfig
 logger = logging.getLogger(__name__)
 
 
-def binary_cross_entropy(labels: Any, logits: Any, *, label_smoothing: float = 0.0) -> Any:
+def binary_cross_entropy(labels: Any, logits: Any, *, label_smoothing: float = 0.0, mask: Any = None) -> Any:
     """Per-video cross-entropy of independent sigmoids, summed over classes.
 
     Args:
         labels: multi-hot targets `[..., C]` (0/1).
         logits: `[..., C]` pre-sigmoid scores.
         label_smoothing: targets become `y · (1 - ε) + ε / 2`.
+        mask: optional `[..., C]` weights (0/1): only the classes it keeps are summed.
 
     Returns:
-        `[...]`: `Σ_c −y log σ(z) − (1 − y) log(1 − σ(z))`.
+        `[...]`: `Σ_c m_c (−y log σ(z) − (1 − y) log(1 − σ(z)))`.
     """
     logits = ops.cast(logits, "float32")
     labels = ops.cast(labels, "float32")
@@ -44,6 +48,8 @@ def binary_cross_entropy(labels: Any, logits: Any, *, label_smoothing: float = 0
         labels = labels * (1.0 - label_smoothing) + 0.5 * label_smoothing
     # log(1 + e^z) - z·y, written so that neither exp() can overflow.
     per_class = ops.relu(logits) - logits * labels + ops.log1p(ops.exp(-ops.abs(logits)))  # [..., C]
+    if mask is not None:
+        per_class = per_class * ops.cast(mask, "float32")
     return ops.sum(per_class, axis=-1)
 
 
@@ -72,6 +78,7 @@ def nextvlad_loss(
     kd_temperature: float = 3.0,
     kd_weight: float = 9.0,
     label_smoothing: float = 0.0,
+    mask: Any = None,
 ) -> Any:
     """The data term of the training loss (without regularisation), a scalar.
 
@@ -81,15 +88,21 @@ def nextvlad_loss(
         kd_temperature: T of the distillation term.
         kd_weight: λ_KD; 0 turns distillation off.
         label_smoothing: see `binary_cross_entropy`.
+        mask: optional `[B, C]` class mask of the cross-entropy terms (rated segments: the rated classes).
 
     Returns:
         Batch mean of `CE(mixture) [+ Σ_m CE(branch m) + λ_KD · Σ_m KL_m]`.
     """
-    loss = ops.mean(binary_cross_entropy(labels, outputs["logits"], label_smoothing=label_smoothing))
+    loss = ops.mean(
+        binary_cross_entropy(labels, outputs["logits"], label_smoothing=label_smoothing, mask=mask)
+    )
     branch_logits = outputs.get("branch_logits")
     if branch_logits is not None:
         branch_ce = binary_cross_entropy(
-            ops.expand_dims(labels, 1), branch_logits, label_smoothing=label_smoothing
+            ops.expand_dims(labels, 1),
+            branch_logits,
+            label_smoothing=label_smoothing,
+            mask=None if mask is None else ops.expand_dims(mask, 1),
         )  # [B, M]
         loss = loss + ops.mean(ops.sum(branch_ce, axis=1))
         if kd_weight:
@@ -142,13 +155,15 @@ class TrainingModel(keras.Model):
         return self.network(inputs, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        del x, sample_weight, training  # every video counts once
+        # Every video counts once; per-class sample weights [B, C] (rated segments) mask classes out.
+        del x, training
         loss = nextvlad_loss(
             y,
             y_pred,
             kd_temperature=self.kd_temperature,
             kd_weight=self.kd_weight,
             label_smoothing=self.label_smoothing,
+            mask=sample_weight,
         )
         for extra in self.losses:  # L2 on the classifier (inside the JAX stateless scope on that backend)
             loss = loss + ops.sum(ops.cast(extra, "float32"))

@@ -12,6 +12,12 @@ The paper's model on frame-level data, or the video-level model on the public vi
         --model_dir runs/paper --pca_eigenvals yt8m_pca/eigenvals.npy
     python -m trainer.train --preset video --train_data 'video/train*.tfrecord' --model_dir runs/video
 
+Fine-tune a trained frame-level model on the rated 5-frame segments of the 2019 segment release (the
+model comes from --init_model's config.json; --eval_data reports segment mAP@100000):
+
+    python -m trainer.train --segment_labels --init_model runs/paper --train_data 'segments/train*.tfrecord' \
+        --eval_data 'segments/validate*.tfrecord' --model_dir runs/paper-segments --epochs 2
+
 Any `ModelConfig` field can be overridden (`--cluster_size 64 --mix_number 3 ...`); `--help` lists them.
 Everything goes into `--model_dir`: `config.json` (the `ModelConfig`: `build_model(ModelConfig.from_json(
 path))` rebuilds the model), `train_config.json`, `checkpoints/`, `logs/` (TensorBoard), `history.csv`
@@ -100,6 +106,12 @@ class TrainConfig:
     frame_bucket: int | None = None  # pad frames to a multiple of this (default: 32 on JAX/GPU, else off)
     export_saved_model: bool = False  # also write a TF SavedModel to model_dir/saved_model
     label_names: str | None = None  # label_id,label_name CSV, copied next to the model
+    # Start from this trained model's weights (its model_dir; the model is its config.json), e.g. a
+    # video-level model to fine-tune on segment labels.
+    init_model: str | None = None
+    # Train on the rated 5-frame segments of the records (2019 segment release) instead of whole videos:
+    # the rated classes' present/absent are the targets, unrated classes are masked out of the loss.
+    segment_labels: bool = False
     verbose: bool = True  # progress bars
 
     def __post_init__(self) -> None:
@@ -397,6 +409,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
             model, or an inconsistent option; raised before any training step.
     """
     import keras
+    import numpy as np
     import tensorflow as tf
 
     from nextvlad import yt8m
@@ -415,7 +428,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
     cfg, tc = model_config, train_config
     if tc.pca_eigenvals and not cfg.reverse_whitening:
         cfg = cfg.replace(reverse_whitening=True)  # the model reverse-whitens; its scale is a model weight
-    if cfg.reverse_whitening and not tc.pca_eigenvals:
+    if cfg.reverse_whitening and not tc.pca_eigenvals and not tc.init_model:
         raise ValueError(
             "reverse_whitening is set but --pca_eigenvals is not: pass the dataset's yt8m_pca/eigenvals.npy"
         )
@@ -444,6 +457,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
         if not tf.io.gfile.exists(tc.pca_eigenvals):
             raise FileNotFoundError(f"--pca_eigenvals: {tc.pca_eigenvals} does not exist")
         rgb_scale = yt8m.reverse_whitening_scale(tc.pca_eigenvals)
+    elif cfg.reverse_whitening:
+        rgb_scale = np.ones(cfg.rgb_size, np.float32)  # a placeholder: --init_model's scale is copied in
     label_names = _read_label_names(tc.label_names, cfg.num_classes) if tc.label_names else None
     model_dir = tc.model_dir
     checkpoints = CheckpointManager(_path(model_dir, "checkpoints"), keep=tc.keep_checkpoints, writer=chief)
@@ -451,12 +466,14 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
         model_dir, cfg, config_name=MODEL_CONFIG_FILE, has_checkpoints=checkpoints.exists()
     )
 
-    num_train = yt8m.count_records(train_files)
+    num_train = _count_segments(cfg, train_files) if tc.segment_labels else yt8m.count_records(train_files)
     steps_per_epoch = tc.steps_per_epoch or max(1, math.ceil(num_train / tc.batch_size))
     total_steps = tc.max_steps or tc.epochs * steps_per_epoch
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     decay_steps = lr_decay_steps(tc, total_steps) if tc.schedule == "paper" else None
-    if tc.prior_records:
+    if tc.init_model:
+        prior, prior_records = None, 0  # the classifier's bias comes with the initial weights
+    elif tc.prior_records:
         from trainer.prior import label_prior
 
         prior, prior_records = label_prior(
@@ -512,6 +529,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
                 cfg, tc, total_steps=total_steps, label_prior=prior, rgb_scale=rgb_scale
             )
             network = model.network
+            if tc.init_model:
+                load_initial_weights(network, tc.init_model)
             restored = checkpoints.restore(model)
         initial_step = 0
         if restored is not None:
@@ -527,22 +546,35 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
         serving = serving_model(network)
 
         frame_bucket = tc.frame_bucket or (32 if backend == "jax" or _has_gpu() else None)
-        train_dataset = yt8m.make_dataset(
-            train_files,
-            input_format=cfg.input_format,
-            batch_size=tc.batch_size,
-            num_classes=cfg.num_classes,
-            max_frames=cfg.max_frames,
-            shuffle=True,
-            shuffle_buffer=tc.shuffle_buffer,
-            repeat=True,
-            seed=tc.seed + initial_step,  # a resumed run must not replay the examples it already saw
-            drop_remainder=True,
-        )
+        if tc.segment_labels:
+            frame_bucket = None  # segments all have the same length
+            train_dataset = yt8m.make_segment_dataset(
+                train_files,
+                batch_size=tc.batch_size,
+                num_classes=cfg.num_classes,
+                shuffle=True,
+                shuffle_buffer=tc.shuffle_buffer,
+                repeat=True,
+                seed=tc.seed + initial_step,
+                drop_remainder=True,
+            )
+        else:
+            train_dataset = yt8m.make_dataset(
+                train_files,
+                input_format=cfg.input_format,
+                batch_size=tc.batch_size,
+                num_classes=cfg.num_classes,
+                max_frames=cfg.max_frames,
+                shuffle=True,
+                shuffle_buffer=tc.shuffle_buffer,
+                repeat=True,
+                seed=tc.seed + initial_step,  # a resumed run must not replay the examples it already saw
+                drop_remainder=True,
+            )
         if cfg.input_format == "frame" and frame_bucket and frame_bucket > 1:
             train_dataset = _bucket_frames(train_dataset, frame_bucket, cfg.max_frames)
         eval_dataset = None
-        if eval_files:
+        if eval_files and not tc.segment_labels:  # segment mAP is computed once, after training
             eval_dataset = yt8m.make_dataset(
                 eval_files,
                 input_format=cfg.input_format,
@@ -582,6 +614,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
             tf.io.gfile.rename(tmp, _path(model_dir, MODEL_FILE), overwrite=True)
             if tc.export_saved_model:
                 exported.export(_path(model_dir, "saved_model"), format="tf_saved_model", verbose=False)
+            if tc.segment_labels and eval_files:
+                final = _segment_evaluation(exported, _path(model_dir, MODEL_FILE), eval_files, tc)
         num_parameters = count_trainable_parameters(network)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -606,6 +640,61 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
     if chief:
         write_text(_path(model_dir, METRICS_FILE), json.dumps(result, indent=2) + "\n")
     return result
+
+
+def load_initial_weights(network: Any, init_model: str) -> None:
+    """Copies a trained model's weights into `network`, layer by layer (matched by name and shape).
+
+    Args:
+        network: a model from `nextvlad.build_model` of the same `ModelConfig` as `init_model`.
+        init_model: the trained model's model_dir (or its `.keras` file).
+
+    Raises:
+        ValueError: a layer with weights is missing from the trained model or has other shapes.
+    """
+    from nextvlad.serving import load_model, resolve_model_file
+
+    source = load_model(resolve_model_file(init_model))
+    layers = {layer.name: layer for layer in source.layers}
+    for layer in network.layers:
+        if not layer.weights:
+            continue
+        other = layers.get(layer.name)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if other is None or [tuple(w.shape) for w in other.weights] != shapes:
+            raise ValueError(
+                f"--init_model {init_model}: its layer {layer.name!r} is missing or has other weight shapes "
+                f"than this model's {shapes}; the model must be built from the init model's config.json"
+            )
+        layer.set_weights(other.get_weights())
+    logger.info("initial weights from %s", init_model)
+
+
+def _count_segments(cfg: ModelConfig, train_files: list[str]) -> int:
+    """Rated segments of the training records (the examples of --segment_labels), or a clear error."""
+    from nextvlad.segments import count_rated_segments
+
+    if cfg.input_format != "frame":
+        raise ValueError("--segment_labels trains on frames of rated segments: it needs a frame-level model")
+    count = count_rated_segments(train_files)
+    if not count:
+        raise ValueError(
+            "--segment_labels: the --train_data records carry no segment ratings (segment_start_times, "
+            "segment_labels, segment_scores); pass segment-rated records (the 2019 validation set, or "
+            "`python -m nextvlad.synthetic --segments`)"
+        )
+    return count
+
+
+def _segment_evaluation(serving: Any, path: str, eval_files: list[str], tc: TrainConfig) -> dict[str, Any]:
+    """Segment mAP@100000 of the trained model on --eval_data (`trainer.segment_evaluation`)."""
+    from nextvlad.serving import describe_model
+    from trainer.segment_evaluation import evaluate_segments
+
+    evaluation = evaluate_segments(
+        serving, describe_model(serving, path), eval_files, batch_size=tc.eval_batch_size, progress=tc.verbose
+    )
+    return evaluation.metrics
 
 
 def _fit(
@@ -737,6 +826,18 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--pca_eigenvals", help="yt8m_pca/eigenvals.npy: reverse-whiten rgb (paper §3.3)")
     data.add_argument("--label_names", help="label_id,label_name CSV, copied next to the model")
     data.add_argument("--export_saved_model", action="store_true", help="also write model_dir/saved_model")
+    data.add_argument(
+        "--init_model",
+        help="start from this trained model_dir's weights; the model is its config.json (preset and model "
+        "flags must agree with it)",
+    )
+    data.add_argument(
+        "--segment_labels",
+        action="store_true",
+        help="train on the rated 5-frame segments of --train_data (the 2019 segment release) instead of "
+        "whole videos: rated classes' present/absent are the targets, unrated classes are left out of the "
+        "loss; with --init_model, fine-tunes a video-level model. --eval_data then reports segment mAP",
+    )
 
     run = parser.add_argument_group("training")
     run.add_argument(
@@ -848,6 +949,8 @@ def resolve_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]
             )
         )
     model_config = preset.replace(**overrides)
+    if getattr(args, "init_model", None):
+        model_config = _init_model_config(args.init_model, overrides)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {name: getattr(args, name) for name in train_fields if hasattr(args, name)}
     preset_training = dict(PRESET_TRAINING.get(args.preset, {}))
@@ -863,6 +966,28 @@ def resolve_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]
     return model_config, train_config
 
 
+def _init_model_config(init_model: str, overrides: dict[str, Any]) -> ModelConfig:
+    """The `ModelConfig` of `--init_model` (its config.json); model flags may not contradict it."""
+    from nextvlad import files
+
+    folder = init_model.rsplit("/", 1)[0] if init_model.endswith(".keras") else init_model.rstrip("/")
+    path = _path(folder, MODEL_CONFIG_FILE)
+    try:
+        config = ModelConfig.from_json(files.read_text(path))
+    except OSError:
+        raise FileNotFoundError(
+            f"--init_model {init_model}: no {path}; pass the model_dir of a model trained by trainer.train"
+        ) from None
+    changed = [f"--{name} {value!r} (it has {getattr(config, name)!r})" for name, value in overrides.items()
+               if getattr(config, name) != value]  # fmt: skip
+    if changed:
+        raise ValueError(
+            f"--init_model {init_model} fixes the model; drop the model flags contradicting its config.json: "
+            + ", ".join(changed)
+        )
+    return config
+
+
 def format_summary(result: dict[str, Any], model_config: ModelConfig, preset: str) -> str:
     """A few lines for the terminal at the end of training."""
     seconds = result["train_seconds"]
@@ -873,6 +998,11 @@ def format_summary(result: dict[str, Any], model_config: ModelConfig, preset: st
         f"  this run: {seconds:.1f} s of training, {result['examples_per_second'] or 0:.1f} examples/s "
         f"({result['backend']}, {result['mixed_precision']})",
     ]
+    if result.get("segment_map") is not None:
+        lines.append(
+            f"  eval on {result['num_ratings']:,} segment ratings of {result['num_videos']:,} videos: "
+            f"segment mAP@{result['max_predictions']:,} {result['segment_map']:.4f}"
+        )
     if result.get("gap") is not None:
         lines.append(
             f"  eval on {result['num_videos']:,} videos: GAP@20 {result['gap']:.4f}  Hit@1 "
@@ -894,7 +1024,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_summary(result, model_config, args.preset))
+    print(format_summary(result, model_config, "of --init_model" if args.init_model else args.preset))
     return 0
 
 
