@@ -203,6 +203,27 @@ def _parse_video_batch(
     return features, _labels_multi_hot(parsed["labels"], num_classes)
 
 
+def _serialized_records(
+    files: list[str], *, cycle: int, shuffle: bool, shuffle_buffer: int, repeat: bool, seed: int | None
+) -> tf.data.Dataset:
+    """The files' serialized records, `cycle` files read at a time; shuffled (files, then a buffer of
+    records) and repeated on request, in a deterministic order when a seed is given or nothing shuffles."""
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=cycle,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=seed is not None or not shuffle,
+    )
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    return ds
+
+
 def make_dataset(
     file_pattern: str | Sequence[str],
     *,
@@ -257,20 +278,9 @@ def make_dataset(
     deterministic = seed is not None or not shuffle
     cycle = num_parallel_reads or min(len(files), 16)
     logger.info("reading %d %s-level files (%d in parallel)", len(files), input_format, cycle)
-
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=cycle,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic,
+    ds = _serialized_records(
+        files, cycle=cycle, shuffle=shuffle, shuffle_buffer=shuffle_buffer, repeat=repeat, seed=seed
     )
-    if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if input_format == "frame":
         parse = functools.partial(
@@ -399,19 +409,14 @@ def make_segment_dataset(
         )
     files = expand_file_pattern(file_pattern)
     deterministic = seed is not None or not shuffle
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(files), 16),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic,
+    ds = _serialized_records(
+        files,
+        cycle=min(len(files), 16),
+        shuffle=shuffle,
+        shuffle_buffer=shuffle_buffer,
+        repeat=repeat,
+        seed=seed,
     )
-    if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
     parse = functools.partial(_parse_rated_segments, num_classes=num_classes, length=length)
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic).unbatch()
     if shuffle:

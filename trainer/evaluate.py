@@ -336,25 +336,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.segments:
-        return _main_segments(args)
     try:
-        result = evaluate(
-            args.model,
-            args.data,
-            output=args.output,
-            label_names=args.label_names,
-            batch_size=args.batch_size,
-            input_format=args.input_format,
-            submission=args.submission,
-            top_k=args.top_k,
-            progress=not args.quiet,
-        )
+        if args.segments:
+            result = _evaluate_segments(args)
+            summary = format_segment_summary(result)
+        else:
+            result = evaluate(
+                args.model,
+                args.data,
+                output=args.output,
+                label_names=args.label_names,
+                batch_size=args.batch_size,
+                input_format=args.input_format,
+                submission=args.submission,
+                top_k=args.top_k,
+                progress=not args.quiet,
+            )
+            summary = format_summary(result)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()
-    print(format_summary(result))
+    print(summary)
     print()
     for kind, path in result["outputs"].items():
         print(f"{kind:>10}: {path}")
@@ -362,38 +365,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _main_segments(args: argparse.Namespace) -> int:
+def _evaluate_segments(args: argparse.Namespace) -> dict[str, Any]:
     if args.submission or args.input_format == "video":
         flag = "--submission" if args.submission else "--input_format video"
-        print(
-            f"error: {flag} does not apply to --segments (segments are frames; the 2019 submission is "
-            "written by `python -m pipelines.segment_submission`)",
-            file=sys.stderr,
+        raise ValueError(
+            f"{flag} does not apply to --segments (segments are frames; the 2019 submission is written by "
+            "`python -m pipelines.segment_submission`)"
         )
-        return 2
-    try:
-        result = evaluate_segment_task(
-            args.model,
-            args.data,
-            output=args.output,
-            label_names=args.label_names,
-            batch_size=args.batch_size,
-            source=args.segments_from,
-            segment_length=args.segment_length,
-            segment_stride=args.segment_stride,
-            max_segments=args.max_segments,
-            progress=not args.quiet,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print()
-    print(format_segment_summary(result))
-    print()
-    for kind, path in result["outputs"].items():
-        print(f"{kind:>10}: {path}")
-    print(f"({result['seconds']:.1f} s)")
-    return 0
+    return evaluate_segment_task(
+        args.model,
+        args.data,
+        output=args.output,
+        label_names=args.label_names,
+        batch_size=args.batch_size,
+        source=args.segments_from,
+        segment_length=args.segment_length,
+        segment_stride=args.segment_stride,
+        max_segments=args.max_segments,
+        progress=not args.quiet,
+    )
 
 
 if __name__ == "__main__":

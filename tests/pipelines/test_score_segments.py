@@ -75,18 +75,18 @@ def segment_run(corpus, tmp_path_factory):
     return summary, output
 
 
-def _expected_segments(corpus: Corpus) -> dict[tuple[str, int], dict]:
-    """Each (id, start) window of 5 frames among the frames the model reads, with the model's outputs on
-    that window alone (a batch of one, no padding)."""
+def _expected_segments(corpus: Corpus, length: int = 5) -> dict[tuple[str, int], dict]:
+    """Each (id, start) window of `length` frames among the frames the model reads, with the model's
+    outputs on that window alone (a batch of one, no padding)."""
     model = keras.saving.load_model(corpus.model_dir / "model.keras")
     expected = {}
     for data in corpus.records.values():
         video = decode_frame_record(data, max_frames=MAX_FRAMES)
-        for start in range(0, video["num_frames"], 5):
+        for start in range(0, video["num_frames"], length):
             window = {
-                "rgb": video["rgb"][start : start + 5],
-                "audio": video["audio"][start : start + 5],
-                "num_frames": min(5, video["num_frames"] - start),
+                "rgb": video["rgb"][start : start + length],
+                "audio": video["audio"][start : start + length],
+                "num_frames": min(length, video["num_frames"] - start),
             }
             expected[(video["id"], start)] = model_outputs(model, window)
     return expected
@@ -137,17 +137,7 @@ def test_segment_classes_restrict_each_segments_top_classes(corpus, tmp_path):
             "--segment_stride=10",
         )
     )
-    expected = {}
-    model = keras.saving.load_model(corpus.model_dir / "model.keras")
-    for data in corpus.records.values():
-        video = decode_frame_record(data, max_frames=MAX_FRAMES)
-        for start in range(0, video["num_frames"], 10):
-            window = {
-                "rgb": video["rgb"][start : start + 10],
-                "audio": video["audio"][start : start + 10],
-                "num_frames": min(10, video["num_frames"] - start),
-            }
-            expected[(video["id"], start)] = model_outputs(model, window)["predictions"]
+    expected = {key: out["predictions"] for key, out in _expected_segments(corpus, 10).items()}
     rows = read_rows(f"{output}_segments-*.parquet")
     assert sorted((r["id"], r["start_time"]) for r in rows) == sorted(expected)
     for row in rows:

@@ -7,8 +7,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from scoring_data import _bytes, _floats, _ints, random_frames, save_tiny_model, write_tfrecords
+from scoring_data import random_frames, save_tiny_model, write_tfrecords
+from segment_data import rated_record
 
 from nextvlad import metrics
 from trainer import evaluate as ev
@@ -16,24 +16,6 @@ from trainer.segment_evaluation import SegmentMAP
 
 NUM_CLASSES = 7
 MAX_FRAMES = 40
-
-
-def rated_record(video_id, rgb, audio, ratings) -> bytes:
-    """A frame-level SequenceExample with 2019 segment ratings `[(start, class, score), ...]`, from protos."""
-    context = {
-        "id": _bytes(video_id.encode()),
-        "labels": _ints(sorted({c for _, c, _ in ratings})),
-        "segment_start_times": _ints([s for s, _, _ in ratings]),
-        "segment_labels": _ints([c for _, c, _ in ratings]),
-        "segment_scores": _floats([r for _, _, r in ratings]),
-    }
-    lists = {
-        name: tf.train.FeatureList(feature=[_bytes(bytes(row)) for row in frames])
-        for name, frames in (("rgb", rgb), ("audio", audio))
-    }
-    return tf.train.SequenceExample(
-        context=tf.train.Features(feature=context), feature_lists=tf.train.FeatureLists(feature_list=lists)
-    ).SerializeToString()
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from scoring_data import _bytes, _floats, _ints, random_frames, write_tfrecords
+from scoring_data import random_frames, write_tfrecords
+from segment_data import rated_record
 
 from nextvlad import ModelConfig, build_model, serving_model, yt8m
 from nextvlad.synthetic import generate_corpus
@@ -21,24 +21,6 @@ NUM_CLASSES = 6
 TINY = dict(
     num_classes=NUM_CLASSES, cluster_size=4, groups=2, hidden_size=16, gating_reduction=4, l2_penalty=0.0
 )
-
-
-def rated_record(video_id, rgb, audio, ratings) -> bytes:
-    """A SequenceExample with 2019 segment ratings `[(start, class, score), ...]`, built from protos."""
-    context = {
-        "id": _bytes(video_id.encode()),
-        "labels": _ints(sorted({c for _, c, _ in ratings})),
-        "segment_start_times": _ints([s for s, _, _ in ratings]),
-        "segment_labels": _ints([c for _, c, _ in ratings]),
-        "segment_scores": _floats([r for _, _, r in ratings]),
-    }
-    lists = {
-        name: tf.train.FeatureList(feature=[_bytes(bytes(row)) for row in frames])
-        for name, frames in (("rgb", rgb), ("audio", audio))
-    }
-    return tf.train.SequenceExample(
-        context=tf.train.Features(feature=context), feature_lists=tf.train.FeatureLists(feature_list=lists)
-    ).SerializeToString()
 
 
 def test_masked_cross_entropy_by_hand():
