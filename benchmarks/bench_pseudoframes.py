@@ -97,6 +97,88 @@ def write_split(
     return os.path.join(output, f"{split}-*.tfrecord"), total_labels / count
 
 
+def diagnose(model_dir: str, data: str, *, batches: int = 4) -> dict[str, float]:
+    """How sharp the trained rgb NeXtVLAD layer's soft assignments are, on up to `batches` x 64 videos.
+
+    Returns the mean (over real frames and groups) entropy of the assignment softmax divided by log K
+    (1.0: uniform over the K clusters, so every cluster gets the same weighted mean of the frames), the
+    mean largest assignment probability, and the mean scale (gamma) of the BatchNorm on the cluster
+    logits (the softmax's inverse temperature on standardised logits).
+    """
+    import keras
+    from keras import ops
+
+    from nextvlad import yt8m
+    from nextvlad.serving import PREPROCESSING_LAYER
+
+    model = keras.saving.load_model(os.path.join(model_dir, "model.keras"))
+    layer = next(layer for layer in model.layers if layer.name.endswith("rgb_nextvlad"))  # first branch
+    preprocessing = model.get_layer(PREPROCESSING_LAYER)
+    k, g = layer.cluster_size, layer.groups
+    entropy, top, frames = 0.0, 0.0, 0
+    dataset = yt8m.make_dataset(data, batch_size=64, num_classes=model.output["predictions"].shape[-1])
+    for features, _ in dataset.take(batches):
+        rgb, _, num_frames = preprocessing(features["rgb"], features["audio"], features["num_frames"])
+        logits = layer.cluster_bn(layer.cluster_logits(layer.expand(rgb)), training=False)
+        shape = ops.shape(rgb)
+        p = ops.convert_to_numpy(ops.softmax(ops.reshape(logits, (shape[0], shape[1], g, k)), axis=-1))
+        real = np.arange(p.shape[1])[None, :] < ops.convert_to_numpy(num_frames)[:, None]  # [B, T]
+        p = p[real]  # [frames, G, K]
+        entropy += float(-(p * np.log(np.maximum(p, 1e-12))).sum(-1).sum())
+        top += float(p.max(-1).sum())
+        frames += p.shape[0] * g
+    gamma = float(np.mean(ops.convert_to_numpy(layer.cluster_bn.gamma)))
+    return {
+        "entropy_over_log_k": entropy / frames / float(np.log(k)),
+        "max_assignment": top / frames,
+        "uniform_max_assignment": 1.0 / k,
+        "cluster_bn_gamma": gamma,
+    }
+
+
+# Ablations of the NeXtVLAD layer, for finding out why it does (not) beat mean pooling. Each is applied by
+# patching the layer's `build` in the training and evaluation processes (`--patch`), so the library
+# itself stays as it is.
+VARIANTS = {
+    "sharp": "BatchNorm scale of the cluster logits starts at 4, not 1: softmax temperature 1/4 at the start",
+    "no_cluster_bn": "no BatchNorm on the cluster logits (the softmax sees the raw logits)",
+    "no_attention": "attention fixed at 1 (sigmoid(20), not trained)",
+}
+
+
+def _patch_nextvlad(variant: str) -> None:
+    import keras
+    from keras import ops
+
+    from nextvlad.layers import nextvlad
+
+    class NoNormalization(keras.layers.Layer):
+        def call(self, inputs, training=None, mask=None):
+            return inputs
+
+    original = nextvlad.NeXtVLAD.build
+
+    def build(self, input_shape):
+        original(self, input_shape)
+        if variant == "sharp":
+            self.cluster_bn.gamma.assign(4.0 * ops.ones_like(self.cluster_bn.gamma))
+        elif variant == "no_attention":
+            self.attention.kernel.assign(ops.zeros_like(self.attention.kernel))
+            self.attention.bias.assign(20.0 * ops.ones_like(self.attention.bias))
+            self.attention.trainable = False
+        elif variant == "no_cluster_bn":
+            self.cluster_bn = NoNormalization(name="no_cluster_bn")
+
+    nextvlad.NeXtVLAD.build = build
+
+
+def _module_command(module: str, variant: str | None) -> list[str]:
+    """`python -m module`, or the same through this script with the NeXtVLAD layer patched."""
+    if variant is None:
+        return [sys.executable, "-m", module]
+    return [sys.executable, os.path.abspath(__file__), "--patch", variant, module]
+
+
 def _run(command: list[str], log: str) -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     with open(log, "w") as f:
@@ -106,6 +188,14 @@ def _run(command: list[str], log: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--patch"]:  # internal: run `module` with the NeXtVLAD layer patched (see VARIANTS)
+        import runpy
+
+        _patch_nextvlad(argv[1])
+        sys.argv = [argv[2], *argv[3:]]
+        runpy.run_module(argv[2], run_name="__main__", alter_sys=True)
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="folder for the records, models and results")
     parser.add_argument("--data", default=DATA, help="folder of the real video-level validate*.tfrecord")
@@ -119,7 +209,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), metavar="MODEL")
     parser.add_argument("--flags", nargs=argparse.REMAINDER, default=[], help="trainer.train flags for all")
     parser.add_argument("--tag", default="defaults", help="name of this setting in the results")
+    parser.add_argument(
+        "--variant",
+        choices=list(VARIANTS),
+        help="ablation of the NeXtVLAD layer: " + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()),
+    )
     parser.add_argument("--corpus_only", action="store_true", help="write the records, train nothing")
+    parser.add_argument(
+        "--diagnose",
+        nargs="+",
+        metavar="MODEL_DIR",
+        help="instead of training: how sharp these NeXtVLAD models' rgb assignments are (select split)",
+    )
     args = parser.parse_args(argv)
     if not all(os.path.exists(os.path.join(args.data, name)) for names in SPLITS.values() for name in names):
         print(f"skipped: the real video-level records are not all in {args.data}")
@@ -148,18 +249,24 @@ def main(argv: list[str] | None = None) -> int:
         splits = json.load(f)
     if args.corpus_only:
         return 0
+    if args.diagnose:
+        for model_dir in args.diagnose:
+            result = diagnose(model_dir, splits["select"]["glob"])
+            print(f"{model_dir}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()), flush=True)
+        return 0
 
+    os.makedirs(os.path.join(args.output, "runs"), exist_ok=True)
     rows = []
     for name in args.models:
         model_dir = os.path.join(args.output, "runs", f"{args.tag}-{name.replace(' ', '_')}")
-        train = [sys.executable, "-m", "trainer.train", *MODELS[name], "--quiet",
+        train = [*_module_command("trainer.train", args.variant), *MODELS[name], "--quiet",
                  "--train_data", splits["train"]["glob"], "--eval_data", splits["select"]["glob"],
                  "--model_dir", model_dir, *args.flags]  # fmt: skip
         _run(train, model_dir + ".train.log")
         with open(os.path.join(model_dir, "metrics.json")) as f:
             trained = json.load(f)
         report = os.path.join(model_dir, "report_metrics.json")
-        evaluate = [sys.executable, "-m", "trainer.evaluate", "--model", model_dir, "--quiet",
+        evaluate = [*_module_command("trainer.evaluate", args.variant), "--model", model_dir, "--quiet",
                     "--data", splits["report"]["glob"], "--output", report]  # fmt: skip
         _run(evaluate, model_dir + ".eval.log")
         with open(report) as f:

@@ -1,9 +1,10 @@
 """The label prior: each class's frequency in the training records, for the classifier's initial bias.
 
-An untrained classifier with a zero bias predicts 0.5 for each of 3,862 classes, a first loss of
-~2,700 per video, and spends its first steps learning that almost every class is absent. Starting
-every class at its own frequency (`LogisticClassifier.set_prior`, `MoEClassifier.set_prior`) removes
-that phase: the first loss is the entropy of the labels, ~35 on YouTube-8M.
+An untrained logistic classifier with a zero bias predicts 0.5 for each of 3,862 classes, a first
+cross-entropy of ~2,700 per video (~1,600 for the 2-expert MoE), and spends its first steps learning
+that almost every class is absent. Starting every class at its own frequency
+(`LogisticClassifier.set_prior`, `MoEClassifier.set_prior`) removes that phase: the first cross-entropy
+is ~17 per video on YouTube-8M (`benchmarks/bench_first_loss.py`, BENCHMARKS.md).
 """
 
 from __future__ import annotations
