@@ -1,6 +1,6 @@
-"""YouTube-8M evaluation metrics: numpy references and streaming Keras metrics.
+"""YouTube-8M evaluation metrics, computed exactly with numpy.
 
-The numpy functions are the reference definitions (docs/design.md, "Metrics"); they follow the YouTube-8M
+These functions are the reference definitions (docs/design.md, "Metrics"); they follow the YouTube-8M
 evaluation code (`eval_util.py`, `average_precision_calculator.py`) with deterministic tie-breaking:
 
 - `gap`: global average precision of each video's top-k predictions, pooled over all videos.
@@ -11,9 +11,6 @@ evaluation code (`eval_util.py`, `average_precision_calculator.py`) with determi
 - `segment_mean_average_precision` / `segment_average_precision`: the 2019 segment task's mAP@100000
   over human-rated 5-second segments.
 
-`GlobalAveragePrecision` and `HitAtOne` are streaming `keras.metrics.Metric`s written with
-`keras.ops` only, so they run inside `model.compile(metrics=[...])` on any Keras backend.
-
 Inputs everywhere: `predictions` float `[N, C]` (scores, typically sigmoid probabilities) and
 `labels` dense binary `[N, C]` (bool, int or float holding 0/1).
 """
@@ -23,15 +20,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import keras
 import numpy as np
-from keras import ops
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "GlobalAveragePrecision",
-    "HitAtOne",
     "average_precision_from_top_k",
     "average_precision_per_class",
     "gap",
@@ -358,147 +351,3 @@ def segment_mean_average_precision(
     )
     valid = ap[~np.isnan(ap)]
     return float(valid.mean()) if valid.size else 0.0
-
-
-@keras.saving.register_keras_serializable(package="nextvlad")
-class GlobalAveragePrecision(keras.metrics.Metric):
-    """Streaming GAP@k, for `model.compile(metrics=[...])` and evaluation loops.
-
-    Each batch's per-video top-k scores are histogrammed into `num_bins` equal bins over [0, 1]
-    (scores outside are clipped to the end bins), counting predictions and positives per bin, plus
-    a running total of all positive labels (including those outside the top-k). `result()` walks
-    the bins from the highest score down, so it equals the numpy `gap` exactly whenever no bin holds
-    two predictions with different outcomes; otherwise it treats a bin as one tied group
-    (precision taken at the end of the bin), which moves GAP by well under 1e-3 with the default
-    10,000 bins. Memory and cost are independent of the number of videos seen.
-
-    Counts are int64, so the metric stays exact over arbitrarily large evaluation sets.
-
-    Args:
-        top_k: predictions kept per video.
-        num_bins: histogram resolution over the score range [0, 1].
-        name: metric name (shown in logs as e.g. `val_gap`).
-        dtype: dtype of the result.
-
-    Call arguments (`update_state`):
-        y_true: dense 0/1 labels `[B, C]`.
-        y_pred: scores `[B, C]`, expected in [0, 1] (sigmoid outputs).
-        sample_weight: optional `[B]`; videos with weight <= 0 are left out (e.g. padding rows).
-            Positive weights are not used as multipliers: GAP is defined on counts.
-
-    Example:
-        ```python
-        model.compile(optimizer="adam", loss="binary_crossentropy",
-                      metrics=[GlobalAveragePrecision(top_k=20)])
-        ```
-    """
-
-    def __init__(
-        self,
-        top_k: int = 20,
-        num_bins: int = 10_000,
-        name: str = "gap",
-        dtype: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(name=name, dtype=dtype, **kwargs)
-        self.top_k = _check_k(top_k, "top_k")
-        self.num_bins = _check_k(num_bins, "num_bins")
-        self.bin_positives = self.add_variable(
-            shape=(self.num_bins,), initializer="zeros", dtype="int64", name="bin_positives"
-        )
-        self.bin_counts = self.add_variable(
-            shape=(self.num_bins,), initializer="zeros", dtype="int64", name="bin_counts"
-        )
-        self.total_positives = self.add_variable(
-            shape=(), initializer="zeros", dtype="int64", name="total_positives"
-        )
-
-    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.cast(ops.convert_to_tensor(y_true), "float32")  # bool / int / float labels
-        num_classes = y_pred.shape[-1]
-        k = self.top_k if num_classes is None else min(self.top_k, num_classes)
-        scores, indices = ops.top_k(y_pred, k)  # [B, k]
-        hits = ops.cast(ops.take_along_axis(y_true, indices, axis=1) > 0.5, "float32")  # [B, k]
-        labeled = ops.cast(y_true > 0.5, "float32")  # [B, C]
-        if sample_weight is not None:
-            keep = ops.cast(
-                ops.reshape(ops.convert_to_tensor(sample_weight), (-1, 1)) > 0, "float32"
-            )  # [B, 1]
-            hits, labeled = hits * keep, labeled * keep
-            counted = ops.ones_like(hits) * keep  # [B, k]
-        else:
-            counted = ops.ones_like(hits)
-        bins = ops.cast(ops.floor(ops.cast(scores, "float32") * self.num_bins), "int32")
-        bins = ops.clip(bins, 0, self.num_bins - 1)  # [B, k]
-        # A segment sum with a static number of segments (unlike bincount) compiles under XLA, which
-        # Keras enables by default on GPU. Per-batch sums of 0/1 values are exact in float32.
-        per_bin = ops.segment_sum(
-            ops.reshape(ops.stack([counted, hits], axis=-1), (-1, 2)),  # [B*k, 2]
-            ops.reshape(bins, (-1,)),
-            num_segments=self.num_bins,
-        )  # [num_bins, 2]
-        per_bin = ops.cast(ops.round(per_bin), "int64")
-        self.bin_counts.assign_add(per_bin[:, 0])
-        self.bin_positives.assign_add(per_bin[:, 1])
-        self.total_positives.assign_add(ops.cast(ops.round(ops.sum(labeled)), "int64"))
-
-    def result(self) -> Any:
-        # Highest scores first.
-        positives = ops.flip(ops.cast(self.bin_positives, "float64"), axis=0)  # [num_bins]
-        counts = ops.flip(ops.cast(self.bin_counts, "float64"), axis=0)  # [num_bins]
-        precision = ops.cumsum(positives) / ops.maximum(ops.cumsum(counts), 1.0)
-        total = ops.maximum(ops.cast(self.total_positives, "float64"), 1.0)
-        return ops.cast(ops.sum(precision * positives) / total, self.dtype)
-
-    def reset_state(self) -> None:
-        for variable in (self.bin_positives, self.bin_counts, self.total_positives):
-            variable.assign(ops.zeros(variable.shape, dtype=variable.dtype))
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update({"top_k": self.top_k, "num_bins": self.num_bins})
-        return config
-
-
-@keras.saving.register_keras_serializable(package="nextvlad")
-class HitAtOne(keras.metrics.Metric):
-    """Streaming Hit@1: fraction of videos whose top-scoring class is a true label.
-
-    Matches the numpy `hit_at_one` (all videos count; ties may be broken differently by a backend's
-    argmax). With `sample_weight`, the weighted mean over videos.
-
-    Args:
-        name: metric name.
-        dtype: dtype of the result.
-
-    Call arguments (`update_state`):
-        y_true: dense 0/1 labels `[B, C]`.
-        y_pred: scores `[B, C]`.
-        sample_weight: optional per-video weights `[B]`.
-    """
-
-    def __init__(self, name: str = "hit_at_one", dtype: Any = None, **kwargs: Any) -> None:
-        super().__init__(name=name, dtype=dtype, **kwargs)
-        self.hits = self.add_variable(shape=(), initializer="zeros", dtype="float64", name="hits")
-        self.videos = self.add_variable(shape=(), initializer="zeros", dtype="float64", name="videos")
-
-    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.cast(ops.convert_to_tensor(y_true), "float32")
-        top1 = ops.expand_dims(ops.argmax(y_pred, axis=-1), -1)  # [B, 1]
-        hit = ops.cast(ops.take_along_axis(y_true, top1, axis=1)[:, 0] > 0.5, "float64")  # [B]
-        if sample_weight is None:
-            weight = ops.ones_like(hit)
-        else:
-            weight = ops.cast(ops.reshape(ops.convert_to_tensor(sample_weight), (-1,)), "float64")
-        self.hits.assign_add(ops.sum(hit * weight))
-        self.videos.assign_add(ops.sum(weight))
-
-    def result(self) -> Any:
-        return ops.cast(ops.divide_no_nan(self.hits, self.videos), self.dtype)
-
-    def reset_state(self) -> None:
-        self.hits.assign(ops.zeros((), dtype="float64"))
-        self.videos.assign(ops.zeros((), dtype="float64"))

@@ -1,18 +1,9 @@
-"""YouTube-8M metrics: hand-computed cases, tie rules, and the streaming Keras metrics vs numpy."""
+"""YouTube-8M metrics: hand-computed cases and tie rules."""
 
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
-import keras
 import numpy as np
 import pytest
 
 from nextvlad.metrics import (
-    GlobalAveragePrecision,
-    HitAtOne,
     average_precision_per_class,
     gap,
     hit_at_one,
@@ -22,8 +13,6 @@ from nextvlad.metrics import (
     segment_mean_average_precision,
     top_k,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # 3 videos x 5 classes; every score distinct.
 PREDICTIONS = np.array(
@@ -245,123 +234,6 @@ def test_bad_k_is_reported():
         gap(PREDICTIONS, LABELS, top_k=0)
     with pytest.raises(ValueError, match=r"k must be a positive integer; got 2.5"):
         top_k(PREDICTIONS, 2.5)
-
-
-def _streaming_gap(metric, predictions, labels, batch_size, sample_weight=None):
-    for start in range(0, len(predictions), batch_size):
-        stop = start + batch_size
-        weight = None if sample_weight is None else sample_weight[start:stop]
-        metric.update_state(labels[start:stop], predictions[start:stop], sample_weight=weight)
-    return float(keras.ops.convert_to_numpy(metric.result()))
-
-
-def test_streaming_gap_is_exact_on_the_hand_case():
-    # Every score falls in its own bin, so the histogram loses nothing.
-    metric = GlobalAveragePrecision()
-    assert _streaming_gap(metric, PREDICTIONS, LABELS.astype(np.float32), 2) == pytest.approx(
-        GAP_ALL, abs=1e-6
-    )
-    metric = GlobalAveragePrecision(top_k=2)
-    assert _streaming_gap(metric, PREDICTIONS, LABELS, 1) == pytest.approx(GAP_TOP2, abs=1e-6)
-
-
-def test_streaming_gap_agrees_with_numpy_over_many_batches():
-    rng = np.random.default_rng(1)
-    num_videos, num_classes = 700, 60
-    labels = rng.random((num_videos, num_classes)) < 0.05
-    # Informative but imperfect scores, so GAP is far from 0 and 1.
-    predictions = (0.35 * labels + 0.65 * rng.random((num_videos, num_classes))).astype(np.float32)
-    expected = gap(predictions, labels)
-    assert 0.2 < expected < 0.9
-    metric = GlobalAveragePrecision()
-    assert abs(_streaming_gap(metric, predictions, labels.astype(np.float32), 128) - expected) < 2e-3
-    # reset_state starts over: a second pass over half the data matches numpy on that half.
-    metric.reset_state()
-    half = _streaming_gap(metric, predictions[:350], labels[:350].astype(np.float32), 100)
-    assert abs(half - gap(predictions[:350], labels[:350])) < 2e-3
-
-
-def test_streaming_gap_leaves_out_zero_weight_videos():
-    rng = np.random.default_rng(2)
-    predictions = rng.random((64, 10)).astype(np.float32)
-    labels = (rng.random((64, 10)) < 0.2).astype(np.float32)
-    keep = rng.random(64) < 0.5
-    metric = GlobalAveragePrecision(num_bins=100_000)
-    streamed = _streaming_gap(metric, predictions, labels, 16, sample_weight=keep.astype(np.float32))
-    assert streamed == pytest.approx(gap(predictions[keep], labels[keep]), abs=1e-4)
-
-
-def test_streaming_gap_config_round_trip():
-    metric = GlobalAveragePrecision(top_k=5, num_bins=2000, name="gap_at_5")
-    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(metric))
-    assert type(clone) is GlobalAveragePrecision
-    assert clone.get_config() == metric.get_config()
-    assert (clone.top_k, clone.num_bins, clone.name) == (5, 2000, "gap_at_5")
-
-
-def test_streaming_hit_at_one_matches_numpy():
-    rng = np.random.default_rng(4)
-    predictions = rng.random((90, 7)).astype(np.float32)
-    labels = (rng.random((90, 7)) < 0.3).astype(np.float32)
-    metric = HitAtOne()
-    assert _streaming_gap(metric, predictions, labels, 32) == pytest.approx(hit_at_one(predictions, labels))
-    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(metric))
-    assert clone.get_config() == metric.get_config()
-
-
-@pytest.mark.parametrize("jit_compile", [False, True], ids=["eager-graph", "xla"])
-def test_metrics_work_in_compile_evaluate_and_survive_save_load(tmp_path, jit_compile):
-    # Keras turns XLA on by default when a GPU is present, so the metric must compile under it.
-    rng = np.random.default_rng(5)
-    features = rng.normal(size=(96, 8)).astype(np.float32)
-    labels = (rng.random((96, 12)) < 0.2).astype(np.float32)
-    inputs = keras.Input((8,), name="features")
-    outputs = keras.layers.Dense(12, activation="sigmoid", name="classifier")(inputs)
-    model = keras.Model(inputs, outputs)
-    model.compile(
-        optimizer="adam",
-        loss="binary_crossentropy",
-        metrics=[GlobalAveragePrecision(), HitAtOne()],
-        jit_compile=jit_compile,
-    )
-    model.fit(features, labels, batch_size=32, epochs=1, verbose=0)
-    results = model.evaluate(features, labels, batch_size=20, verbose=0, return_dict=True)
-    predictions = model.predict(features, batch_size=32, verbose=0)
-    assert abs(results["gap"] - gap(predictions, labels)) < 2e-3
-    assert results["hit_at_one"] == pytest.approx(hit_at_one(predictions, labels), abs=1e-6)
-
-    # The registered metric is restored with the compiled model.
-    path = tmp_path / "model.keras"
-    model.save(path)
-    restored = keras.models.load_model(path)
-    again = restored.evaluate(features, labels, batch_size=20, verbose=0, return_dict=True)
-    assert again["gap"] == pytest.approx(results["gap"], abs=1e-6)
-
-
-def test_streaming_gap_runs_on_the_torch_backend():
-    pytest.importorskip("torch")
-    script = textwrap.dedent(
-        f"""
-        import numpy as np
-        from nextvlad.metrics import GlobalAveragePrecision, gap
-        import keras
-        assert keras.backend.backend() == "torch"
-        predictions = np.array({PREDICTIONS.tolist()}, dtype=np.float32)
-        labels = np.array({LABELS.tolist()}, dtype=np.float32)
-        metric = GlobalAveragePrecision()
-        metric.update_state(labels[:2], predictions[:2])
-        metric.update_state(labels[2:], predictions[2:])
-        print(float(keras.ops.convert_to_numpy(metric.result())), gap(predictions, labels))
-        """
-    )
-    env = {**os.environ, "KERAS_BACKEND": "torch", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    streamed, reference = map(float, done.stdout.split()[-2:])
-    assert streamed == pytest.approx(GAP_ALL, abs=1e-6)
-    assert reference == pytest.approx(GAP_ALL, abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
