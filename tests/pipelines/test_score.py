@@ -22,7 +22,7 @@ from scoring_data import (
 )
 
 from nextvlad import records as records_lib
-from pipelines import score
+from pipelines import score, score_pipeline
 from pipelines.handler import InvalidModelError
 
 TOLERANCE = 1e-5
@@ -490,7 +490,7 @@ def test_the_job_is_built_from_small_named_transforms(corpus, tmp_path):
     args, _ = score.parse_known_args(_args(corpus, tmp_path / "scores", "--top_k=5", "--reshuffle"))
     args.input_format = "frame"
     pipeline = beam.Pipeline()
-    score.build_pipeline(pipeline, args, inspect_model(str(corpus.model_dir)), model_version="v1")
+    score_pipeline.build_pipeline(pipeline, args, inspect_model(str(corpus.model_dir)), model_version="v1")
     labels = [part.full_label for part in pipeline.transforms_stack[0].parts]
     assert labels == [
         "ReadFrameRecords",
@@ -542,7 +542,7 @@ def test_records_of_the_2017_layout_are_scored_under_their_video_id(tmp_path, ca
     for layout, items in (("2018", records_2018), ("2017", records_2017)):
         write_tfrecords(tmp_path / layout / "part.tfrecord", items)
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="pipelines.score"):
+        with caplog.at_level(logging.INFO, logger="pipelines.score_arguments"):
             summary = score.run(
                 [
                     f"--input={tmp_path / layout}/*.tfrecord",
