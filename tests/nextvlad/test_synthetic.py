@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from nextvlad import synthetic
 from nextvlad.metrics import mean_average_precision
-from nextvlad.synthetic import generate_corpus, scene_bank
+from nextvlad.synthetic import generate_corpus
+from nextvlad.synthetic_videos import scene_bank
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
