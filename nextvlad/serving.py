@@ -110,6 +110,26 @@ def load_model(path: str) -> Any:
         ) from e
 
 
+def has_gpu() -> bool:
+    """Whether the Keras backend computes on a GPU (picks float16 over bfloat16 for mixed precision)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() == "gpu"
+    return False
+
+
 def _reexport_hint(path: str) -> str:
     folder = os.path.dirname(path) or "."
     return (

@@ -45,6 +45,7 @@ from nextvlad.serving import (
     InvalidModelError,
     ModelInfo,
     describe_model,
+    has_gpu,
     inspect_model,
     load_model,
     pad_batch,
@@ -102,24 +103,6 @@ def enable_gpu_memory_growth() -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def _has_gpu() -> bool:
-    import keras
-
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_physical_devices("GPU"))
-    if keras.backend.backend() == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return jax.default_backend() == "gpu"
-    return False
-
-
 def _reduced_precision(model: Any, *, policy: str | None = None) -> Any:
     """The same model computing in float16 (GPU) or bfloat16 (CPU), with float32 weights and outputs.
 
@@ -127,7 +110,7 @@ def _reduced_precision(model: Any, *, policy: str | None = None) -> Any:
     """
     import keras
 
-    policy = policy or ("mixed_float16" if _has_gpu() else "mixed_bfloat16")
+    policy = policy or ("mixed_float16" if has_gpu() else "mixed_bfloat16")
     # Preprocessing (dequantization, reverse whitening) stays in float32: its inputs are exact there.
     keep_float32 = {*SERVING_OUTPUTS, PREPROCESSING_LAYER} | {
         layer.name for layer in model.layers if not layer.weights
@@ -177,7 +160,7 @@ class ScoringModel:
             self.info.num_classes,
             self.info.embedding_size,
             precision,
-            "GPU" if _has_gpu() else "CPU",
+            "GPU" if has_gpu() else "CPU",
             time.perf_counter() - started,
         )
 
