@@ -70,7 +70,8 @@ def _training_step(args: argparse.Namespace):
     import keras
 
     from nextvlad import ModelConfig
-    from trainer.train import TrainConfig, build_training_model
+    from trainer.config import TrainConfig
+    from trainer.training_model import build_training_model
 
     config = ModelConfig.preset(args.preset)
     model = build_training_model(

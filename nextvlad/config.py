@@ -14,6 +14,13 @@ from typing import Any
 POOLINGS = ("nextvlad", "netvlad", "mean")
 CLASSIFIERS = ("logistic", "moe")
 INPUT_FORMATS = ("frame", "video")
+HIDDEN_ACTIVATIONS = ("linear", "relu")
+
+
+def config_field(default: Any = dataclasses.MISSING, *, help: str, **metadata: Any) -> Any:
+    """A dataclass field that documents itself: `help` (and optional `choices`, ...) go into its metadata,
+    from which `trainer.train` generates the field's command-line flag."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,32 +30,46 @@ class ModelConfig:
     Parameter counts of the paper's presets are asserted by the test suite (see docs/design.md, "Model").
     """
 
-    # Input: frame-level SequenceExamples (`frame`) or video-level mean features (`video`).
-    input_format: str = "frame"
-    rgb_size: int = 1024  # Inception rgb feature size per frame
-    audio_size: int = 128  # VGGish audio feature size per frame
-    max_frames: int = 300  # frames beyond this are dropped by the model's preprocessing layer
-    # The paper's reverse whitening of rgb (or mean_rgb); its scale is a weight of the model, set from the
-    # dataset's PCA eigenvalues when the model is built for training (`trainer.train --pca_eigenvals`).
-    reverse_whitening: bool = False
-    num_classes: int = 3862  # 2018 YouTube-8M vocabulary
-    # Frame pooling. `nextvlad` (the paper), `netvlad` (Arandjelović et al.) or `mean` (baseline).
-    pooling: str = "nextvlad"
-    cluster_size: int = 128  # K for the rgb branch; the audio branch uses K/2
-    groups: int = 8  # G for the rgb branch; the audio branch uses G/2
-    expansion: int = 2  # λ: the frame features are expanded to λN before grouping
+    # Each field's help is what `python -m trainer.train --help` shows for its flag.
+    input_format: str = config_field(
+        "frame",
+        help="Input: frame-level SequenceExamples (`frame`) or video-level mean features (`video`).",
+        choices=INPUT_FORMATS,
+    )
+    rgb_size: int = config_field(1024, help="Inception rgb feature size per frame")
+    audio_size: int = config_field(128, help="VGGish audio feature size per frame")
+    max_frames: int = config_field(
+        300, help="frames beyond this are dropped by the model's preprocessing layer"
+    )
+    reverse_whitening: bool = config_field(
+        False,
+        help="The paper's reverse whitening of rgb (or mean_rgb); its scale is a weight of the model, set "
+        "from the dataset's PCA eigenvalues when the model is built for training "
+        "(`trainer.train --pca_eigenvals`).",
+    )
+    num_classes: int = config_field(3862, help="2018 YouTube-8M vocabulary")
+    pooling: str = config_field(
+        "nextvlad",
+        help="Frame pooling. `nextvlad` (the paper), `netvlad` (Arandjelović et al.) or `mean` (baseline).",
+        choices=POOLINGS,
+    )
+    cluster_size: int = config_field(128, help="K for the rgb branch; the audio branch uses K/2")
+    groups: int = config_field(8, help="G for the rgb branch; the audio branch uses G/2")
+    expansion: int = config_field(2, help="λ: the frame features are expanded to λN before grouping")
     # Video-level head.
-    hidden_size: int = 2048  # H: size of the embedding
-    hidden_activation: str = "linear"  # the paper uses no activation after the hidden BatchNorm
-    gating_reduction: int = 8  # r: the SE context gate's bottleneck is H / r
-    drop_rate: float = 0.5  # dropout on the pooled features before the hidden layer
-    classifier: str = "logistic"  # `logistic` or `moe`
-    moe_mixtures: int = 2  # experts per class for the MoE classifier
+    hidden_size: int = config_field(2048, help="H: size of the embedding")
+    hidden_activation: str = config_field(
+        "linear", help="the paper uses no activation after the hidden BatchNorm", choices=HIDDEN_ACTIVATIONS
+    )
+    gating_reduction: int = config_field(8, help="r: the SE context gate's bottleneck is H / r")
+    drop_rate: float = config_field(0.5, help="dropout on the pooled features before the hidden layer")
+    classifier: str = config_field("logistic", help="`logistic` or `moe`", choices=CLASSIFIERS)
+    moe_mixtures: int = config_field(2, help="experts per class for the MoE classifier")
     # Mixture of branches with on-the-fly knowledge distillation (the paper's final submission).
-    mix_number: int = 1  # M: number of full branches; 1 = a single model
-    kd_temperature: float = 3.0  # T in the distillation term
-    kd_weight: float = 9.0  # λ_KD
-    l2_penalty: float = 1e-5  # L2 on the classifier weights
+    mix_number: int = config_field(1, help="M: number of full branches; 1 = a single model")
+    kd_temperature: float = config_field(3.0, help="T in the distillation term")
+    kd_weight: float = config_field(9.0, help="λ_KD")
+    l2_penalty: float = config_field(1e-5, help="L2 on the classifier weights")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -65,7 +86,7 @@ class ModelConfig:
             fail(f"pooling={self.pooling!r}; expected one of {POOLINGS}")
         if self.classifier not in CLASSIFIERS:
             fail(f"classifier={self.classifier!r}; expected one of {CLASSIFIERS}")
-        if self.hidden_activation not in ("linear", "relu"):
+        if self.hidden_activation not in HIDDEN_ACTIVATIONS:
             fail(f"hidden_activation={self.hidden_activation!r}; expected 'linear' or 'relu'")
         for name in (
             "rgb_size",

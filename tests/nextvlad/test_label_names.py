@@ -14,7 +14,7 @@ from nextvlad import records
 from pipelines import search as search_cli
 from pipelines.retrieval_index import build_index, save_index
 from trainer import evaluate as ev
-from trainer import train as tr
+from trainer.training_data import label_names_csv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,12 +70,12 @@ def test_bad_label_name_files_name_the_file_and_the_formats(tmp_path):
 
 
 def test_train_keeps_a_vocabulary_as_label_id_label_name_csv(vocabulary):
-    text = tr._read_label_names(str(vocabulary), num_classes=7)
+    text = label_names_csv(str(vocabulary), num_classes=7)
     rows = list(csv.reader(text.splitlines()))
     assert rows[0] == ["label_id", "label_name"]
     assert {int(i): name for i, name in rows[1:]} == NAMES
     with pytest.raises(ValueError, match=r"outside \[0, 5\)"):
-        tr._read_label_names(str(vocabulary), num_classes=5)
+        label_names_csv(str(vocabulary), num_classes=5)
 
 
 def test_evaluate_names_classes_from_a_vocabulary(vocabulary, tmp_path):

@@ -18,8 +18,8 @@ from nextvlad.serving import InvalidModelError, inspect_model
 from nextvlad.synthetic import generate_corpus
 from pipelines import score
 from trainer import evaluate as ev
-from trainer import evaluation
-from trainer import train as tr
+from trainer import evaluation, training
+from trainer.config import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = TINY["num_classes"]
@@ -50,14 +50,14 @@ def corpus(tmp_path_factory) -> dict:
 def whitened_model(corpus, tmp_path_factory) -> Path:
     model_dir = tmp_path_factory.mktemp("whitened") / "model"
     config = ModelConfig.preset("demo", **TINY, max_frames=20)
-    train_config = tr.TrainConfig(
+    train_config = TrainConfig(
         train_data=corpus["train"],
         model_dir=str(model_dir),
         batch_size=16,
         max_steps=4,
         pca_eigenvals=corpus["eigenvals"],
     )
-    tr.train(config, train_config)
+    training.train(config, train_config)
     return model_dir
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from nextvlad import ModelConfig, record_writer, records
-from trainer import train as tr
+from trainer import training
+from trainer.config import TrainConfig
 
 
 def test_a_label_outside_the_classes_found_while_training_says_to_pass_num_classes(tmp_path):
@@ -25,7 +26,7 @@ def test_a_label_outside_the_classes_found_while_training_says_to_pass_num_class
     config = ModelConfig.preset(
         "demo", num_classes=5, cluster_size=4, groups=2, hidden_size=16, gating_reduction=4
     )
-    train_config = tr.TrainConfig(
+    train_config = TrainConfig(
         train_data=str(tmp_path / "train.tfrecord"),
         model_dir=str(tmp_path / "model"),
         batch_size=8,
@@ -35,4 +36,4 @@ def test_a_label_outside_the_classes_found_while_training_says_to_pass_num_class
         prior_records=0,  # counting the label prior would meet the record first
     )
     with pytest.raises(ValueError, match=r"--train_data: .*5-class model.*pass --num_classes"):
-        tr.train(config, train_config)
+        training.train(config, train_config)

@@ -18,7 +18,10 @@ import tensorflow as tf
 from nextvlad import ModelConfig, build_model, metrics, yt8m
 from nextvlad.synthetic import generate_corpus
 from trainer import train as tr
+from trainer import training
+from trainer.config import TrainConfig, learning_rate_schedule, lr_decay_steps
 from trainer.losses import TrainingModel, nextvlad_loss
+from trainer.training_model import build_training_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_CLASSES = 10
@@ -75,13 +78,13 @@ def _train(corpus: dict, model_dir: Path, *, eval_data: bool = True, **overrides
     """Runs `train()` in-process on the tiny config."""
     model_fields = {k: overrides.pop(k) for k in list(overrides) if k in ModelConfig.__dataclass_fields__}
     config = ModelConfig.preset("demo", **{**TINY, **model_fields})
-    train_config = tr.TrainConfig(
+    train_config = TrainConfig(
         train_data=corpus["train"],
         eval_data=corpus["eval"] if eval_data else (),
         model_dir=str(model_dir),
         **{"batch_size": 16, "verbose": False, **overrides},
     )
-    return tr.train(config, train_config)
+    return training.train(config, train_config)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,20 +258,18 @@ def test_learning_rate_follows_the_staircase_schedule(corpus, tmp_path):
     learning_rates = [float(row.split(",")[3]) for row in rows]
     # 2e-4 × 0.8^floor(step / (32 examples / 16 per step)) at steps 5, 10 and 15.
     np.testing.assert_allclose(learning_rates, [2e-4 * 0.8 ** (s // 2) for s in (5, 10, 15)], rtol=1e-5)
-    assert (
-        tr.lr_decay_steps(tr.TrainConfig(train_data="x", model_dir="m", batch_size=160), 1_000_000) == 15625
-    )
-    short = tr.TrainConfig(train_data="x", model_dir="m", batch_size=100)
-    assert tr.lr_decay_steps(short, 1000) == 200  # 100k examples: decays every 20k, five times
+    assert lr_decay_steps(TrainConfig(train_data="x", model_dir="m", batch_size=160), 1_000_000) == 15625
+    short = TrainConfig(train_data="x", model_dir="m", batch_size=100)
+    assert lr_decay_steps(short, 1000) == 200  # 100k examples: decays every 20k, five times
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero_over_the_run():
-    config = tr.TrainConfig(train_data="x", model_dir="m", learning_rate=1e-3, warmup_fraction=0.1)
-    schedule = tr.learning_rate_schedule(config, 200)
+    config = TrainConfig(train_data="x", model_dir="m", learning_rate=1e-3, warmup_fraction=0.1)
+    schedule = learning_rate_schedule(config, 200)
     rates = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 10, 20, 110, 200)]
     np.testing.assert_allclose(rates, [0.0, 5e-4, 1e-3, 5e-4, 0.0], atol=1e-9)
     # The same shape over a run 100 times longer: it scales with the run.
-    long = tr.learning_rate_schedule(config, 20_000)
+    long = learning_rate_schedule(config, 20_000)
     assert float(keras.ops.convert_to_numpy(long(11_000))) == pytest.approx(5e-4)
 
 
@@ -285,8 +286,8 @@ def test_classifier_bias_starts_every_branch_at_the_label_prior():
         config = ModelConfig.preset(
             "video", num_classes=6, hidden_size=16, mix_number=3, classifier=classifier
         )
-        model = tr.build_training_model(config, tr.TrainConfig(train_data="x", model_dir="m"), total_steps=10,
-                                        label_prior=prior)  # fmt: skip
+        model = build_training_model(config, TrainConfig(train_data="x", model_dir="m"), total_steps=10,
+                                     label_prior=prior)  # fmt: skip
         # A zero input gives a zero embedding (no-bias hidden layer, untrained BatchNorm), so the
         # predictions are the classifiers' biases alone, mixed by the gate.
         zeros = {"mean_rgb": np.zeros((2, 1024), "float32"), "mean_audio": np.zeros((2, 128), "float32")}
@@ -387,9 +388,9 @@ def _h5_datasets(group, prefix: str = "") -> list[str]:
 
 def test_video_level_mixture_with_distillation_learns(video_corpus, tmp_path):
     config = ModelConfig.preset("video", num_classes=NUM_CLASSES, hidden_size=32, mix_number=3)
-    result = tr.train(
+    result = training.train(
         config,
-        tr.TrainConfig(
+        TrainConfig(
             train_data=video_corpus["train"], eval_data=video_corpus["eval"], model_dir=str(tmp_path / "run"),
             batch_size=20, epochs=4, learning_rate=0.003, verbose=False,
         ),
@@ -487,9 +488,9 @@ def test_video_level_records_for_a_frame_level_model(video_corpus, tmp_path):
 
 def test_frame_level_records_for_a_video_level_model(corpus, tmp_path):
     config = ModelConfig.preset("video", num_classes=NUM_CLASSES)
-    train_config = tr.TrainConfig(train_data=corpus["train"], model_dir=str(tmp_path / "run"))
+    train_config = TrainConfig(train_data=corpus["train"], model_dir=str(tmp_path / "run"))
     with pytest.raises(ValueError, match=r"frame-level records.*input_format='video'"):
-        tr.train(config, train_config)
+        training.train(config, train_config)
 
 
 def test_label_ids_beyond_num_classes(corpus, tmp_path):

@@ -14,7 +14,10 @@ from segment_data import rated_record
 from nextvlad import ModelConfig, build_model, serving_model, yt8m
 from nextvlad.synthetic import generate_corpus
 from trainer import train as tr
+from trainer import training
+from trainer.config import TrainConfig
 from trainer.losses import binary_cross_entropy, nextvlad_loss
+from trainer.training_model import load_initial_weights
 
 NUM_CLASSES = 6
 # The demo preset, shrunk so that a step takes milliseconds; no L2, so an unrated class gets no update.
@@ -77,14 +80,14 @@ def rated_corpus(tmp_path_factory) -> dict:
 
 def _fine_tune(corpus: dict, model_dir: Path, **overrides) -> dict:
     config = ModelConfig.from_json(Path(corpus["video"]) / "config.json")
-    train_config = tr.TrainConfig(
+    train_config = TrainConfig(
         train_data=corpus["train"],
         model_dir=str(model_dir),
         init_model=corpus["video"],
         segment_labels=True,
         **{"batch_size": 16, "verbose": False, **overrides},
     )
-    return tr.train(config, train_config)
+    return training.train(config, train_config)
 
 
 def _predictions(model_path, inputs) -> np.ndarray:
@@ -100,7 +103,7 @@ def test_fine_tuning_starts_from_the_video_model_and_leaves_unrated_classes_alon
 
     config = ModelConfig.from_json(Path(rated_corpus["video"]) / "config.json")
     network = build_model(config)
-    tr.load_initial_weights(network, rated_corpus["video"])
+    load_initial_weights(network, rated_corpus["video"])
     np.testing.assert_allclose(
         serving_model(network).predict(inputs, verbose=0)["predictions"], before, atol=1e-6
     )
