@@ -83,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _train(model_dir: Path, train: str, *, preset: str, num_classes: int, seed: int, **options) -> dict:
     from nextvlad.config import ModelConfig
-    from trainer import train as tr
+    from trainer import training
+    from trainer.config import TrainConfig
 
     init = options.get("init_model")
     config = (
@@ -91,10 +92,10 @@ def _train(model_dir: Path, train: str, *, preset: str, num_classes: int, seed: 
         if init
         else ModelConfig.preset(preset, num_classes=num_classes)
     )
-    train_config = tr.TrainConfig(
+    train_config = TrainConfig(
         train_data=train, model_dir=str(model_dir), seed=seed, verbose=False, **options
     )
-    return tr.train(config, train_config)
+    return training.train(config, train_config)
 
 
 def _segment_map(model_dir: Path, data: str, source: str) -> float:
