@@ -6,6 +6,7 @@ the dead letter must catch.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +194,34 @@ def read_dead_letters(output: str) -> list[dict]:
     files = sorted(glob.glob(f"{output}-errors-*-of-*.jsonl"))
     assert files, f"no dead-letter file matches {output}-errors-*-of-*.jsonl"
     return [json.loads(line) for path in files for line in Path(path).read_text().splitlines() if line]
+
+
+@dataclasses.dataclass
+class Corpus:
+    """A tiny scoring corpus: the model's folder, the records' glob and the records by id."""
+
+    model_dir: Path
+    pattern: str
+    records: dict  # id -> serialized record
+
+
+def write_corpus(root: Path, num_videos: int, *, seed: int, prefix: str, max_frames: int) -> Corpus:
+    """A tiny frame-level model (keeping `max_frames` frames) and `num_videos` videos of 2-30 frames in
+    two files under `root`."""
+    save_tiny_model(root / "model" / "model.keras", max_frames=max_frames)
+    records = good_frame_records(np.random.default_rng(seed), num_videos, prefix=prefix)
+    items = list(records.values())
+    for shard in range(2):
+        write_tfrecords(root / "data" / f"part-{shard}.tfrecord", items[shard::2])
+    return Corpus(root / "model", str(root / "data" / "part-*.tfrecord"), records)
+
+
+def score_args(corpus: Corpus, output: Path, *extra: str) -> list[str]:
+    """`pipelines.score` arguments for `corpus` into the `output` prefix, on the DirectRunner."""
+    return [
+        "--runner=DirectRunner",
+        f"--input={corpus.pattern}",
+        f"--model={corpus.model_dir}",
+        f"--output={output}",
+        *extra,
+    ]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scoring_data import (
     NUM_CLASSES,
+    Corpus,
     bad_frame_records,
     decode_frame_record,
     good_frame_records,
@@ -17,7 +18,9 @@ from scoring_data import (
     read_dead_letters,
     read_rows,
     save_tiny_model,
+    score_args,
     video_record,
+    write_corpus,
     write_tfrecords,
 )
 
@@ -28,40 +31,17 @@ from pipelines.handler import InvalidModelError
 TOLERANCE = 1e-5
 
 
-@dataclasses.dataclass
-class Corpus:
-    model_dir: Path
-    pattern: str
-    records: dict  # id -> serialized record
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Corpus:
     """A tiny frame-level model and 20 videos (2-30 frames) in two files."""
-    root = tmp_path_factory.mktemp("score")
-    save_tiny_model(root / "model" / "model.keras", max_frames=25)  # the model's own frame limit
-    records = good_frame_records(np.random.default_rng(0), 20, prefix="v")
-    items = list(records.values())
-    for shard in range(2):
-        write_tfrecords(root / "data" / f"part-{shard}.tfrecord", items[shard::2])
-    return Corpus(root / "model", str(root / "data" / "part-*.tfrecord"), records)
-
-
-def _args(corpus: Corpus, output: Path, *extra: str) -> list[str]:
-    return [
-        "--runner=DirectRunner",
-        f"--input={corpus.pattern}",
-        f"--model={corpus.model_dir}",
-        f"--output={output}",
-        *extra,
-    ]
+    return write_corpus(tmp_path_factory.mktemp("score"), 20, seed=0, prefix="v", max_frames=25)
 
 
 @pytest.fixture(scope="module")
 def single_run(corpus, tmp_path_factory):
     output = tmp_path_factory.mktemp("single") / "scores"
     # The model keeps 25 frames (its max_frames): the longer videos are truncated with no flag.
-    summary = score.run(_args(corpus, output, "--top_k=5", "--batch_size=8"))
+    summary = score.run(score_args(corpus, output, "--top_k=5", "--batch_size=8"))
     return summary, output
 
 
@@ -150,7 +130,7 @@ def test_multi_processing_gives_the_same_rows_as_one_process(corpus, single_run,
     _, single_output = single_run
     output = tmp_path / "scores"
     summary = score.run(
-        _args(
+        score_args(
             corpus,
             output,
             "--top_k=5",
@@ -348,7 +328,7 @@ def _make_demo(corpus: Corpus, root: Path) -> Path:
 
 
 def test_the_cli_prints_the_summary_line(corpus, tmp_path, capsys):
-    assert score.main(_args(corpus, tmp_path / "scores", "--top_k=3")) == 0
+    assert score.main(score_args(corpus, tmp_path / "scores", "--top_k=3")) == 0
     assert "Scored 20 videos of 20 records read; 0 dead letters" in capsys.readouterr().out
 
 
@@ -357,7 +337,7 @@ def test_input_model_and_output_are_all_required(corpus, tmp_path, monkeypatch, 
     # No default model or corpus to fall back to, even where a demo folder exists.
     _make_demo(corpus, tmp_path)
     monkeypatch.chdir(tmp_path)
-    args = [a for a in _args(corpus, tmp_path / "out" / "scores") if not a.startswith(f"--{missing}=")]
+    args = [a for a in score_args(corpus, tmp_path / "out" / "scores") if not a.startswith(f"--{missing}=")]
     assert score.main(args) == 2
     err = capsys.readouterr().err
     assert f"--{missing} is required" in err and "--input 'PATTERN.tfrecord' --model MODEL_DIR" in err
@@ -372,7 +352,7 @@ def test_input_model_and_output_are_all_required(corpus, tmp_path, monkeypatch, 
 def test_an_earlier_run_at_the_output_is_refused_until_overwrite_replaces_it(corpus, tmp_path):
     out = tmp_path / "out"
     output = out / "scores"
-    score.run(_args(corpus, output, "--num_shards=3"))
+    score.run(score_args(corpus, output, "--num_shards=3"))
     earlier_segments = out / "scores_segments-00000-of-00001.parquet"  # an earlier run's segment rows
     earlier_segments.write_bytes(b"PAR1")
     unrelated = [out / "notes.txt", out / "other-00000-of-00001.parquet"]
@@ -386,12 +366,12 @@ def test_an_earlier_run_at_the_output_is_refused_until_overwrite_replaces_it(cor
         match=r"already holds the output of an earlier run \(5 files: .*scores-00000-of-00003\.parquet"
         r".*Pass --overwrite",
     ):
-        score.run(_args(corpus, output, "--num_shards=2"))
+        score.run(score_args(corpus, output, "--num_shards=2"))
     # A dry run with --overwrite checks and deletes nothing.
-    score.run(_args(corpus, output, "--num_shards=2", "--overwrite", "--dry_run"))
+    score.run(score_args(corpus, output, "--num_shards=2", "--overwrite", "--dry_run"))
     assert sorted(p.name for p in out.iterdir()) == before
 
-    summary = score.run(_args(corpus, output, "--num_shards=2", "--overwrite"))
+    summary = score.run(score_args(corpus, output, "--num_shards=2", "--overwrite"))
     assert summary.videos_scored == 20
     assert sorted(p.name for p in out.iterdir()) == [
         "notes.txt",
@@ -419,32 +399,34 @@ def test_with_no_arguments_the_cli_says_what_to_pass(tmp_path, monkeypatch, caps
 
 def test_missing_model_is_reported_before_the_job_starts(corpus, tmp_path):
     with pytest.raises(InvalidModelError, match=r"No model at .*nowhere.*model\.keras"):
-        score.run(_args(dataclasses.replace(corpus, model_dir=tmp_path / "nowhere"), tmp_path / "o"))
+        score.run(score_args(dataclasses.replace(corpus, model_dir=tmp_path / "nowhere"), tmp_path / "o"))
     with pytest.raises(InvalidModelError, match="does not exist"):
-        score.run(_args(dataclasses.replace(corpus, model_dir=tmp_path / "missing.keras"), tmp_path / "o"))
+        score.run(
+            score_args(dataclasses.replace(corpus, model_dir=tmp_path / "missing.keras"), tmp_path / "o")
+        )
 
 
 def test_a_model_that_is_not_nextvlad_is_rejected(corpus, tmp_path):
     inputs = keras.Input((4,), name="x")
     keras.Model(inputs, keras.layers.Dense(2, name="y")(inputs)).save(tmp_path / "other.keras")
     with pytest.raises(InvalidModelError, match="not a NeXtVLAD serving model.*predictions"):
-        score.run(_args(dataclasses.replace(corpus, model_dir=tmp_path / "other.keras"), tmp_path / "o"))
+        score.run(score_args(dataclasses.replace(corpus, model_dir=tmp_path / "other.keras"), tmp_path / "o"))
     (tmp_path / "junk.keras").write_text("not a model")
     with pytest.raises(InvalidModelError, match="Could not load .*junk.keras"):
-        score.run(_args(dataclasses.replace(corpus, model_dir=tmp_path / "junk.keras"), tmp_path / "o"))
+        score.run(score_args(dataclasses.replace(corpus, model_dir=tmp_path / "junk.keras"), tmp_path / "o"))
 
 
 def test_top_k_larger_than_the_class_count_is_rejected(corpus, tmp_path):
     with pytest.raises(
         score.ScoreSetupError, match=f"--top_k=8 is larger than the model's {NUM_CLASSES} classes"
     ):
-        score.run(_args(corpus, tmp_path / "o", "--top_k=8"))
+        score.run(score_args(corpus, tmp_path / "o", "--top_k=8"))
 
 
 def test_an_input_pattern_matching_nothing_is_rejected(corpus, tmp_path):
     with pytest.raises(score.ScoreSetupError, match=r"--input .*nothing-here.*matches no files"):
         score.run(
-            _args(
+            score_args(
                 dataclasses.replace(corpus, pattern=str(tmp_path / "nothing-here*.tfrecord")), tmp_path / "o"
             )
         )
@@ -456,7 +438,7 @@ def test_an_unwritable_output_is_rejected(corpus, tmp_path):
     with pytest.raises(
         score.ScoreSetupError, match="Cannot write to the output location .*a-file/sub/scores"
     ):
-        score.run(_args(corpus, blocker / "sub" / "scores"))
+        score.run(score_args(corpus, blocker / "sub" / "scores"))
     assert not list(tmp_path.rglob("*.parquet"))
 
 
@@ -464,7 +446,7 @@ def test_input_format_disagreeing_with_the_model_or_the_data_is_rejected(corpus,
     with pytest.raises(
         score.ScoreSetupError, match="--input_format=video but the model .* takes frame-level"
     ):
-        score.run(_args(corpus, tmp_path / "o", "--input_format=video"))
+        score.run(score_args(corpus, tmp_path / "o", "--input_format=video"))
     rng = np.random.default_rng(5)
     write_tfrecords(
         tmp_path / "video" / "v.tfrecord",
@@ -472,13 +454,15 @@ def test_input_format_disagreeing_with_the_model_or_the_data_is_rejected(corpus,
     )
     with pytest.raises(score.ScoreSetupError, match="holds video-level records but the model .* frame-level"):
         score.run(
-            _args(dataclasses.replace(corpus, pattern=str(tmp_path / "video" / "*.tfrecord")), tmp_path / "o")
+            score_args(
+                dataclasses.replace(corpus, pattern=str(tmp_path / "video" / "*.tfrecord")), tmp_path / "o"
+            )
         )
 
 
 def test_bigquery_output_needs_a_table(corpus, tmp_path):
     with pytest.raises(score.ScoreSetupError, match="needs --bigquery_table"):
-        score.run(_args(corpus, tmp_path / "o", "--output_format", "bigquery"))
+        score.run(score_args(corpus, tmp_path / "o", "--output_format", "bigquery"))
 
 
 def test_the_job_is_built_from_small_named_transforms(corpus, tmp_path):
@@ -487,7 +471,7 @@ def test_the_job_is_built_from_small_named_transforms(corpus, tmp_path):
     from pipelines.handler import inspect_model
 
     # Building (not running) the graph; a DataflowRunner pipeline would need the network for its bucket.
-    args, _ = score.parse_known_args(_args(corpus, tmp_path / "scores", "--top_k=5", "--reshuffle"))
+    args, _ = score.parse_known_args(score_args(corpus, tmp_path / "scores", "--top_k=5", "--reshuffle"))
     args.input_format = "frame"
     pipeline = beam.Pipeline()
     score_pipeline.build_pipeline(pipeline, args, inspect_model(str(corpus.model_dir)), model_version="v1")

@@ -1,6 +1,5 @@
 """`pipelines.score --segments`: every 5-frame segment scored beside its video, exactly, and clear errors."""
 
-import dataclasses
 from pathlib import Path
 
 import keras
@@ -8,11 +7,13 @@ import numpy as np
 import pytest
 from scoring_data import (
     NUM_CLASSES,
+    Corpus,
     decode_frame_record,
-    good_frame_records,
     model_outputs,
     read_rows,
     save_tiny_model,
+    score_args,
+    write_corpus,
     write_tfrecords,
 )
 
@@ -29,40 +30,17 @@ TOLERANCE = 1e-5
 MAX_FRAMES = 25  # the tiny model's own frame limit
 
 
-@dataclasses.dataclass
-class Corpus:
-    model_dir: Path
-    pattern: str
-    records: dict  # id -> serialized record
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Corpus:
     """A tiny frame-level model and 12 videos (2-30 frames) in two files."""
-    root = tmp_path_factory.mktemp("segments")
-    save_tiny_model(root / "model" / "model.keras", max_frames=MAX_FRAMES)
-    records = good_frame_records(np.random.default_rng(1), 12, prefix="s")
-    items = list(records.values())
-    for shard in range(2):
-        write_tfrecords(root / "data" / f"part-{shard}.tfrecord", items[shard::2])
-    return Corpus(root / "model", str(root / "data" / "part-*.tfrecord"), records)
-
-
-def _args(corpus: Corpus, output: Path, *extra: str) -> list[str]:
-    return [
-        "--runner=DirectRunner",
-        f"--input={corpus.pattern}",
-        f"--model={corpus.model_dir}",
-        f"--output={output}",
-        *extra,
-    ]
+    return write_corpus(tmp_path_factory.mktemp("segments"), 12, seed=1, prefix="s", max_frames=MAX_FRAMES)
 
 
 @pytest.fixture(scope="module")
 def segment_run(corpus, tmp_path_factory):
     output = tmp_path_factory.mktemp("run") / "scores"
     summary = score.run(
-        _args(
+        score_args(
             corpus,
             output,
             "--top_k=3",
@@ -125,7 +103,7 @@ def test_segment_classes_restrict_each_segments_top_classes(corpus, tmp_path):
     classes.write_text("Index\n1\n4\n6\n")
     output = tmp_path / "scores"
     score.run(
-        _args(
+        score_args(
             corpus,
             output,
             "--top_k=3",
@@ -158,7 +136,7 @@ def test_segment_classes_restrict_each_segments_top_classes(corpus, tmp_path):
 )
 def test_bad_segment_arguments_are_refused_up_front(corpus, tmp_path, extra, message):
     with pytest.raises(score.ScoreSetupError, match=message):
-        score.run(_args(corpus, tmp_path / "out", *extra))
+        score.run(score_args(corpus, tmp_path / "out", *extra))
     assert not list(tmp_path.glob("out*"))
 
 
@@ -166,7 +144,7 @@ def test_segment_classes_outside_the_model_are_refused(corpus, tmp_path):
     classes = tmp_path / "rated.csv"
     classes.write_text("Index\n2\n3862\n")
     with pytest.raises(score.ScoreSetupError, match=r"names classes \[3862\] outside the model's 7"):
-        score.run(_args(corpus, tmp_path / "out", "--segments", "--segment_classes", str(classes)))
+        score.run(score_args(corpus, tmp_path / "out", "--segments", "--segment_classes", str(classes)))
 
 
 def test_segments_need_a_frame_level_model(tmp_path):
