@@ -1,6 +1,6 @@
 """A real-label frame-level benchmark: pooling methods at the same head and budget on pseudo-videos.
 
-    python benchmarks/bench_pseudoframes.py --output /tmp/pseudoframes [--videos 4000] [--flags ...]
+    python benchmarks/bench_pseudoframes.py --output /tmp/pseudoframes [--videos 12000] [--flags ...]
 
 No real frame-level records are available offline, but real labels and real features are: the
 YouTube-8M video-level records hold each video's mean rgb and audio features and its labels. A
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="folder for the records, models and results")
     parser.add_argument("--data", default=DATA, help="folder of the real video-level validate*.tfrecord")
-    parser.add_argument("--videos", type=int, default=4000, help="training pseudo-videos")
+    parser.add_argument("--videos", type=int, default=12000, help="training pseudo-videos")
     parser.add_argument("--select_videos", type=int, default=1000, help="selection-split pseudo-videos")
     parser.add_argument("--report_videos", type=int, default=2000, help="report-split pseudo-videos")
     parser.add_argument(
