@@ -12,7 +12,7 @@ import pytest
 from extraction_helpers import write_audio_only
 
 from nextvlad.extraction.clips import read_timestamp_picture, timestamp_picture, write_clip
-from nextvlad.extraction.decode import VideoDecodeError, decode_video
+from nextvlad.extraction.decode import DECODE_REASONS, VideoDecodeError, decode_video
 
 
 def _indexed_clip(path, times, **kwargs):
@@ -147,7 +147,21 @@ def _bad_inputs(tmp_path):
     )
     noisy.write_bytes(bytes(damaged))
     cases["decode_error"] = noisy
+    cases["no_frames"] = _frameless_avi(tmp_path / "frameless.avi")
     return cases
+
+
+def _frameless_avi(path):
+    """An AVI with a video stream header and no frame: PyAV writes no header unless a packet is muxed,
+    so the FFmpeg command line makes it (`-frames:v 0`)."""
+    import imageio_ffmpeg
+
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "color=s=32x32:r=5:d=1"]
+        + ["-frames:v", "0", "-c:v", "mpeg4", str(path)],
+        check=True,
+    )
+    return path
 
 
 def _noise(t):
@@ -155,7 +169,9 @@ def _noise(t):
 
 
 def test_every_bad_input_kind_has_its_own_reason(tmp_path):
-    for reason, path in _bad_inputs(tmp_path).items():
+    cases = _bad_inputs(tmp_path)
+    assert set(cases) == set(DECODE_REASONS)  # a new reason needs a case here
+    for reason, path in cases.items():
         with pytest.raises(VideoDecodeError) as error:
             decode_video(str(path))
         assert error.value.reason == reason, (path, error.value)
