@@ -23,6 +23,16 @@ def config_field(default: Any = dataclasses.MISSING, *, help: str, **metadata: A
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """`cls(**values)` for a config dataclass, refusing unknown keys by name (e.g. a config.json written
+    by a newer version) instead of a bare TypeError."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown {cls.__name__} field(s) {unknown}; known fields are {sorted(known)}")
+    return cls(**values)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Every hyper-parameter of a NeXtVLAD-family model.
@@ -152,11 +162,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown ModelConfig field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**values)
+        return config_from_dict(cls, values)
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from nextvlad.config import config_field
+from nextvlad.config import config_field, config_from_dict
 
 # Files in model_dir.
 MODEL_CONFIG_FILE = "config.json"
@@ -182,11 +182,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown TrainConfig field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**values)
+        return config_from_dict(cls, values)
 
 
 def model_dir_path(model_dir: str, *names: str) -> str:
