@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q.add_argument("--epochs", type=int, default=5, help="video-level training epochs (default 5)")
     q.add_argument("--finetune_epochs", type=int, default=2, help="segment fine-tuning epochs (default 2)")
     q.add_argument("--batch_size", type=int, default=64, help="training batch (default 64)")
+    q.add_argument("--learning_rate", type=float, help="peak learning rate (default: the trainer's)")
     q.add_argument("--workdir", help="keep corpus and models here (default: a temporary dir)")
     q.add_argument("--json", help="also write the results to this JSON file")
     s = sub.add_parser("speed", help="model time with and without segments")
@@ -134,6 +135,8 @@ def quality(args: argparse.Namespace) -> dict:
         started = time.perf_counter()
         video = workdir / f"video-{seed}"
         common = dict(preset=args.preset, num_classes=args.num_classes, seed=seed, batch_size=args.batch_size)
+        if args.learning_rate is not None:
+            common["learning_rate"] = args.learning_rate
         trained = _train(video, train, epochs=args.epochs, **common)
         finetune_steps = args.finetune_epochs * -(-segments // args.batch_size)
         tuned = workdir / f"finetuned-{seed}"
