@@ -332,6 +332,13 @@ def test_each_presets_defaults_are_what_the_readme_says():
         assert model_config.classifier == row["classifier"], preset
 
 
+def test_train_config_round_trips_and_names_an_unknown_field():
+    config = TrainConfig(train_data=("a*.tfrecord",), model_dir="m", learning_rate=0.01)
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match=r"Unknown TrainConfig field\(s\) \['lr'\]"):
+        TrainConfig.from_dict({**config.to_dict(), "lr": 0.01})
+
+
 def test_rerunning_a_finished_run_does_not_train_again(corpus, tmp_path):
     first = _train(corpus, tmp_path / "run", max_steps=4)
     again = _train(corpus, tmp_path / "run", max_steps=4)
