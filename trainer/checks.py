@@ -16,6 +16,7 @@ import tensorflow as tf
 from nextvlad import yt8m
 from nextvlad.config import ModelConfig
 from nextvlad.serving import describe_id_layout
+from trainer.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +149,70 @@ def check_model_dir(model_dir: str, config: ModelConfig, *, config_name: str, ha
         f"{model_dir} already holds a different model (saved {config_name} differs: {'; '.join(changed)}). "
         f"Re-run with the same model flags to resume it, or {advice}."
     )
+
+
+# TrainConfig fields that shape the optimisation. A resumed run continues the saved one's optimizer state
+# and schedule position, so it must also keep its recipe; the total step count (from --epochs,
+# --max_steps, --steps_per_epoch and the training records) sets where the cosine schedule ends.
+RECIPE_FIELDS = (
+    "batch_size",
+    "schedule",
+    "learning_rate",
+    "warmup_fraction",
+    "lr_decay_rate",
+    "lr_decay_examples",
+    "clipnorm",
+    "label_smoothing",
+    "segment_labels",
+)
+
+
+def check_resumed_recipe(
+    model_dir: str, train_config: TrainConfig, *, total_steps: int, config_name: str
+) -> None:
+    """Refuses to resume a run under another training recipe than the one it was started with.
+
+    Without this check, a changed flag or default (e.g. a preset's learning rate after an upgrade) would
+    silently continue the run on a different schedule and overwrite the saved `train_config.json`, so the
+    record of how the model was trained would be wrong. Call it only when `model_dir` holds checkpoints.
+
+    Args:
+        model_dir: the output folder of the run being resumed.
+        train_config: the recipe about to be used.
+        total_steps: the run's total steps as resolved now.
+        config_name: file name of the saved training config inside `model_dir`.
+
+    Raises:
+        ValueError: a recipe field or the total step count differs from the saved one; the message lists
+            them with the flags that restore the saved values.
+    """
+    path = f"{model_dir.rstrip('/')}/{config_name}"
+    if not tf.io.gfile.exists(path):
+        return  # a run from before the file existed: nothing to compare with
+    with tf.io.gfile.GFile(path, "r") as f:
+        saved = json.load(f)
+    changed, flags = [], []
+    for name in RECIPE_FIELDS:
+        if name in saved and saved[name] != getattr(train_config, name):
+            changed.append(f"{name}: {saved[name]!r} -> {getattr(train_config, name)!r}")
+            flags.append(_flag_for(name, saved[name]))
+    saved_steps = saved.get("resolved", {}).get("total_steps")
+    if saved_steps is not None and saved_steps != total_steps:
+        changed.append(
+            f"total steps: {saved_steps} -> {total_steps} (from --epochs, --max_steps, --steps_per_epoch and "
+            "the number of training records)"
+        )
+        flags.append(f"--max_steps {saved_steps}")
+    if not changed:
+        return
+    raise ValueError(
+        f"{model_dir} holds a run started with another training recipe ({'; '.join(changed)}), and "
+        f"resuming would continue it on a different schedule. Resume it with its own: {' '.join(flags)}; "
+        f"or pick a new --model_dir (add --init_model {model_dir} to start from its weights)."
+    )
+
+
+def _flag_for(name: str, value: object) -> str:
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"(without --{name})"
+    return f"--{name} {value}" if value is not None else f"(without --{name})"

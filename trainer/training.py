@@ -24,6 +24,7 @@ from trainer.config import (
     METRICS_FILE,
     MODEL_CONFIG_FILE,
     MODEL_FILE,
+    TRAIN_CONFIG_FILE,
     TrainConfig,
     model_dir_path,
 )
@@ -90,10 +91,13 @@ def train(model_config: ModelConfig, train_config: TrainConfig) -> dict[str, Any
     checkpoints = CheckpointManager(
         model_dir_path(tc.model_dir, "checkpoints"), keep=tc.keep_checkpoints, writer=chief
     )
-    checks.check_model_dir(
-        tc.model_dir, cfg, config_name=MODEL_CONFIG_FILE, has_checkpoints=checkpoints.exists()
-    )
+    resuming = checkpoints.exists()
+    checks.check_model_dir(tc.model_dir, cfg, config_name=MODEL_CONFIG_FILE, has_checkpoints=resuming)
     plan = plan_run(cfg, tc, train_files, eval_files)
+    if resuming:
+        checks.check_resumed_recipe(
+            tc.model_dir, tc, total_steps=plan.total_steps, config_name=TRAIN_CONFIG_FILE
+        )
     prior, prior_records = classifier_prior(plan)
     if chief:
         write_configs(plan, prior_records=prior_records, label_names=label_names)

@@ -346,6 +346,19 @@ def test_rerunning_a_finished_run_does_not_train_again(corpus, tmp_path):
     assert again["gap"] == pytest.approx(first["gap"])
 
 
+def test_resuming_under_another_recipe_is_refused_and_the_saved_recipe_kept(corpus, tmp_path):
+    model_dir = tmp_path / "run"
+    _train(corpus, model_dir, max_steps=4, eval_data=False, learning_rate=1e-3)
+    saved = (model_dir / "train_config.json").read_text()
+    with pytest.raises(ValueError, match=r"learning_rate: 0\.001 -> 0\.003.*--learning_rate 0\.001"):
+        _train(corpus, model_dir, max_steps=4, eval_data=False, learning_rate=3e-3)
+    with pytest.raises(ValueError, match=r"total steps: 4 -> 8 .*--max_steps 4"):
+        _train(corpus, model_dir, max_steps=8, eval_data=False, learning_rate=1e-3)
+    assert (model_dir / "train_config.json").read_text() == saved  # the record of the run is not rewritten
+    again = _train(corpus, model_dir, max_steps=4, eval_data=False, learning_rate=1e-3)
+    assert (again["initial_step"], again["global_step"]) == (4, 4)
+
+
 def test_resumes_after_kill_9_with_the_same_step_and_optimizer_state(corpus, tmp_path):
     model_dir = tmp_path / "run"
     args = [
