@@ -22,8 +22,9 @@ Settings (`--setting`): `standard` is the recipe above. `hard` makes the class e
 shorter: a present label's rgb scenes fill 2-8% of the frames (audio 2-6%), they are missing from 20%
 of positive videos (audio from 50%), and shots last one frame on average instead of two, so a short
 video often shows a class in a single frame or none. Used with many classes (`--num_classes 200`),
-where Zipf frequencies leave the tail classes with few examples, models stay far from the ceiling and
-differ from seed to seed: the setting on which a mixture of branches has something to add.
+where Zipf frequencies leave the tail classes with few examples, models stay far from the ceiling (GAP@20
+~0.28 with the `demo` preset). A 3-branch mixture does not gain over one branch there (BENCHMARKS.md):
+its branches miss the same absent or one-frame evidence.
 
 Segment ratings (`--segments`), as in the 2019 release: the generator knows which scene every frame
 shows, so it rates 5-frame windows (start times 0, 5, 10, ...; whole windows only) truthfully. For each

@@ -3,6 +3,7 @@ model's weights as the start, resuming, and segment mAP on held-out data."""
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import keras
@@ -128,9 +129,15 @@ def test_fine_tuning_starts_from_the_video_model_and_leaves_unrated_classes_alon
 
 
 def test_fine_tuning_resumes_like_every_training_run(rated_corpus, tmp_path):
-    whole = _fine_tune(rated_corpus, tmp_path / "whole", max_steps=4, checkpoint_steps=2)
-    _fine_tune(rated_corpus, tmp_path / "halves", max_steps=2, checkpoint_steps=2)
-    resumed = _fine_tune(rated_corpus, tmp_path / "halves", max_steps=4, checkpoint_steps=2)
+    whole = _fine_tune(rated_corpus, tmp_path / "whole", max_steps=4, checkpoint_steps=2, steps_per_epoch=4)
+    # The same run as if killed after its step-2 checkpoint: its files up to then, nothing after.
+    halves = tmp_path / "halves"
+    (halves / "checkpoints").mkdir(parents=True)
+    for name in ("config.json", "train_config.json", "checkpoints/ckpt-00000002.weights.h5"):
+        shutil.copy(tmp_path / "whole" / name, halves / name)
+    pointer = {"step": 2, "iterations": 2, "epoch": 0, "file": "ckpt-00000002.weights.h5"}
+    (halves / "checkpoints" / "checkpoint.json").write_text(json.dumps(pointer))
+    resumed = _fine_tune(rated_corpus, halves, max_steps=4, checkpoint_steps=2, steps_per_epoch=4)
     assert resumed["initial_step"] == 2 and resumed["global_step"] == whole["global_step"] == 4
     train_config = json.loads((tmp_path / "halves" / "train_config.json").read_text())
     assert train_config["segment_labels"] is True and train_config["init_model"] == rated_corpus["video"]
