@@ -120,7 +120,8 @@ def generate_corpus(
         max_frames: most frames per video (inclusive); readers keep at most 300.
         labels_per_video: (min, max) labels per video, inclusive; min 0 allows unlabeled videos.
         prefix: file-name prefix of the shards, also the prefix of video ids.
-        setting: `standard` or `hard` (rarer and shorter class evidence; see the module docstring).
+        setting: `standard`, `hard` (rarer and shorter class evidence) or `noisy` (`standard` videos
+            under incomplete and partly wrong labels); see `nextvlad.synthetic_videos`.
         segment_ratings: when positive, rate 5-frame segments as the 2019 release does (see the module
             docstring): per label of a video, up to this many windows showing it (1) and as many without
             it (0); the rated classes are written to `segment_label_ids.csv`. 0: no ratings.
@@ -280,7 +281,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--setting",
         choices=list(SETTINGS),
         default="standard",
-        help="corpus recipe: hard shows each label's scenes in fewer, shorter shots (for many classes)",
+        help="corpus recipe: hard shows each label's scenes in fewer, shorter shots (for many classes); "
+        "noisy writes the standard videos with incomplete and partly wrong labels",
     )
     parser.add_argument(
         "--segments",

@@ -24,7 +24,10 @@ of positive videos (audio from 50%), and shots last one frame on average instead
 video often shows a class in a single frame or none. Used with many classes (`--num_classes 200`),
 where Zipf frequencies leave the tail classes with few examples, models stay far from the ceiling (GAP@20
 ~0.28 with the `demo` preset). A 3-branch mixture does not gain over one branch there (BENCHMARKS.md):
-its branches miss the same absent or one-frame evidence.
+its branches miss the same absent or one-frame evidence. `noisy` keeps the `standard` videos but writes
+incomplete and partly wrong labels, as machine-generated annotations are: each true label is left out of
+the record with probability 0.3 (a video keeps at least one) and a class the video does not show is
+added to 30% of the videos. The frames are those of `standard` with the same seed; only `labels` differ.
 
 Segment ratings (`--segments`), as in the 2019 release: the generator knows which scene every frame
 shows, so it rates 5-frame windows (start times 0, 5, 10, ...; whole windows only) truthfully. For each
@@ -110,6 +113,11 @@ class _Setting:
     rgb: _Modality
     audio: _Modality
     mean_shot_length: float  # frames per run of one scene, on average
+    # Label noise of the records (the frames always follow the true labels): each true label is left out
+    # of `labels` with probability `label_dropout` (a video keeps at least one), and one class the video
+    # does not show is added with probability `spurious_label`, Zipf-weighted like the true ones.
+    label_dropout: float = 0.0
+    spurious_label: float = 0.0
 
 
 SETTINGS = {
@@ -120,6 +128,8 @@ SETTINGS = {
         audio=dataclasses.replace(_AUDIO, presence=0.5, fraction=(0.02, 0.06)),
         mean_shot_length=1.0,
     ),
+    # Standard videos under incomplete and partly wrong labels, like machine-generated annotations.
+    "noisy": _Setting(rgb=_RGB, audio=_AUDIO, mean_shot_length=2.0, label_dropout=0.3, spurious_label=0.3),
 }
 
 
@@ -265,15 +275,18 @@ class VideoGenerator:
             frames[modality.name], scenes[modality.name] = self._frames(
                 modality, rng, labels, video_of_shot, shot_of_frame
             )
-        # Ratings draw from their own stream, so that the frames are the same with or without them.
+        # Ratings and label noise draw from streams of their own, so that the frames are the same with or
+        # without them.
         rating_rng = np.random.default_rng(_seed_sequence(self.seed, 3, index))
+        recorded = self._recorded_labels(np.random.default_rng(_seed_sequence(self.seed, 4, index)), labels)
         first = index * BLOCK_SIZE
         for v in range(count):
             start, stop = starts[v], starts[v] + num_frames[v]
-            video_labels = np.sort(labels[v][labels[v] >= 0]).tolist()
+            true_labels = np.sort(labels[v][labels[v] >= 0]).tolist()
+            video_labels = np.sort(recorded[v][recorded[v] >= 0]).tolist()
             segments = None
-            if self.segment_ratings:
-                segments = self._ratings(rating_rng, video_labels, scenes["rgb"][start:stop])
+            if self.segment_ratings:  # raters judge what is shown: the true labels
+                segments = self._ratings(rating_rng, true_labels, scenes["rgb"][start:stop])
             record = record_writer.frame_example_bytes(
                 f"{self.id_prefix}{first + v:07d}",
                 video_labels,
@@ -318,6 +331,22 @@ class VideoGenerator:
         order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1)
         ranked = np.take_along_axis(top, order, axis=1)  # [n, Lmax], most likely draw first
         return np.where(np.arange(lmax) < counts[:, None], ranked, -1).astype(np.int64)
+
+    def _recorded_labels(self, rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+        """The labels written to the records [n, Lmax + 1] (-1 = none): `labels` under the setting's noise."""
+        n = labels.shape[0]
+        dropped = (labels >= 0) & (rng.random(labels.shape) < self.setting.label_dropout)  # [n, Lmax]
+        emptied = ~((labels >= 0) & ~dropped).any(axis=1) & (labels[:, :1] >= 0).any(axis=1)  # [n]
+        dropped[emptied, 0] = False  # the most likely draw is kept when all would go
+        kept = np.where(dropped, -1, labels)
+        # A spurious class: a Zipf-weighted draw among the classes the video does not show.
+        keys = self.log_class_prior + rng.gumbel(size=(n, self.num_classes))  # [n, C]
+        shown = np.zeros((n, self.num_classes), dtype=bool)
+        rows, slots = np.nonzero(labels >= 0)
+        shown[rows, labels[rows, slots]] = True
+        spurious = np.argmax(np.where(shown, -np.inf, keys), axis=1)  # [n]
+        add = (rng.random(n) < self.setting.spurious_label) & ~shown.all(axis=1)
+        return np.concatenate([kept, np.where(add, spurious, -1)[:, None]], axis=1)
 
     def _frames(
         self,

@@ -202,6 +202,28 @@ def test_hard_setting_shows_each_label_in_fewer_and_shorter_shots(corpus, tmp_pa
     assert hard_same < 0.25
 
 
+def test_noisy_setting_writes_the_standard_videos_under_incomplete_and_wrong_labels(corpus, tmp_path):
+    summary = generate_corpus(
+        tmp_path, num_videos=NUM_VIDEOS, num_classes=NUM_CLASSES, shards=1, seed=0, min_frames=MIN_FRAMES,
+        max_frames=MAX_FRAMES, setting="noisy",
+    )  # fmt: skip
+    noisy = [_parse(r) for r in _records(summary["files"])]
+    standard = corpus["videos"]  # the same seed: the true labels
+    assert [v["id"] for v in noisy] == [v["id"] for v in standard]
+    for a, b in zip(noisy, standard, strict=True):
+        assert np.array_equal(a["rgb"], b["rgb"]) and np.array_equal(a["audio"], b["audio"])
+    missing = spurious = 0
+    for a, b in zip(noisy, standard, strict=True):
+        recorded, true = set(a["labels"]), set(b["labels"])
+        assert recorded & true, "every video keeps at least one true label"
+        assert len(recorded - true) <= 1
+        missing += len(true - recorded)
+        spurious += len(recorded - true)
+    # 1-4 labels per video, each dropped with probability 0.3 unless it is the last: 0.26 of them expected.
+    assert 0.21 < missing / corpus["labels"].sum() < 0.31
+    assert 0.22 < spurious / NUM_VIDEOS < 0.38  # 0.3 expected
+
+
 def _ridge_scores(features, labels, train, *, penalty):
     mean, std = features[train].mean(0), features[train].std(0) + 1e-6
     z = np.hstack([(features - mean) / std, np.ones((len(features), 1))])
@@ -265,7 +287,7 @@ def test_bad_arguments_name_the_value(tmp_path):
         generate_corpus(tmp_path, num_classes=3)
     with pytest.raises(ValueError, match=r"shards=5 is more than num_videos=4"):
         generate_corpus(tmp_path, num_videos=4, shards=5)
-    with pytest.raises(ValueError, match=r"setting must be one of standard, hard; got 'easy'"):
+    with pytest.raises(ValueError, match=r"setting must be one of standard, hard, noisy; got 'easy'"):
         generate_corpus(tmp_path, setting="easy")
     assert not list(tmp_path.iterdir())  # nothing written on bad input
 
