@@ -189,8 +189,14 @@ def check_resumed_recipe(
     path = f"{model_dir.rstrip('/')}/{config_name}"
     if not tf.io.gfile.exists(path):
         return  # a run from before the file existed: nothing to compare with
-    with tf.io.gfile.GFile(path, "r") as f:
-        saved = json.load(f)
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            saved = json.load(f)
+    except ValueError as e:
+        raise ValueError(
+            f"{path} is not a training config written by trainer.train ({e}); pick a new --model_dir, or "
+            f"delete {model_dir} to start over."
+        ) from None
     changed, flags = [], []
     for name in RECIPE_FIELDS:
         if name in saved and saved[name] != getattr(train_config, name):

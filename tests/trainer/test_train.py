@@ -1,6 +1,7 @@
 """trainer.train: the loss against a numpy reference, the model_dir it writes, resuming after kill -9,
 mixtures, mixed precision and export, and the errors raised before training starts."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -357,6 +358,22 @@ def test_resuming_under_another_recipe_is_refused_and_the_saved_recipe_kept(corp
     assert (model_dir / "train_config.json").read_text() == saved  # the record of the run is not rewritten
     again = _train(corpus, model_dir, max_steps=4, eval_data=False, learning_rate=1e-3)
     assert (again["initial_step"], again["global_step"]) == (4, 4)
+
+
+def test_resume_check_names_an_unreadable_config_and_accepts_fields_it_lacks(tmp_path):
+    from trainer.checks import check_resumed_recipe
+
+    config = TrainConfig(train_data=("a",), model_dir=str(tmp_path), learning_rate=1e-3)
+    saved = tmp_path / "train_config.json"
+    saved.write_text("{not json")
+    with pytest.raises(ValueError, match=r"train_config.json is not a training config.*new --model_dir"):
+        check_resumed_recipe(str(tmp_path), config, total_steps=10, config_name=saved.name)
+    # A config written before a field existed: only the fields it has are compared.
+    saved.write_text(json.dumps({"learning_rate": 1e-3, "batch_size": 160}))
+    check_resumed_recipe(str(tmp_path), config, total_steps=10, config_name=saved.name)
+    with pytest.raises(ValueError, match=r"batch_size: 160 -> 16\).*--batch_size 160"):
+        smaller = dataclasses.replace(config, batch_size=16)
+        check_resumed_recipe(str(tmp_path), smaller, total_steps=10, config_name=saved.name)
 
 
 def test_resumes_after_kill_9_with_the_same_step_and_optimizer_state(corpus, tmp_path):
