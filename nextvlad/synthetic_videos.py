@@ -28,6 +28,8 @@ its branches miss the same absent or one-frame evidence. `noisy` keeps the `stan
 incomplete and partly wrong labels, as machine-generated annotations are: each true label is left out of
 the record with probability 0.3 (a video keeps at least one) and a class the video does not show is
 added to 30% of the videos. The frames are those of `standard` with the same seed; only `labels` differ.
+This is where a 3-branch mixture gains over one branch by more than seed noise (BENCHMARKS.md): the
+branches fit different parts of the label noise, and their average keeps less of it.
 
 Segment ratings (`--segments`), as in the 2019 release: the generator knows which scene every frame
 shows, so it rates 5-frame windows (start times 0, 5, 10, ...; whole windows only) truthfully. For each
