@@ -335,7 +335,10 @@ class VideoGenerator:
         return np.where(np.arange(lmax) < counts[:, None], ranked, -1).astype(np.int64)
 
     def _recorded_labels(self, rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
-        """The labels written to the records [n, Lmax + 1] (-1 = none): `labels` under the setting's noise."""
+        """The labels written to the records [n, Lmax (+ 1 with spurious labels)] (-1 = none): `labels`
+        under the setting's noise."""
+        if not self.setting.label_dropout and not self.setting.spurious_label:
+            return labels  # skips a [n, C] draw: ~20 of ~60 ms per block with 3,862 classes
         n = labels.shape[0]
         dropped = (labels >= 0) & (rng.random(labels.shape) < self.setting.label_dropout)  # [n, Lmax]
         emptied = ~((labels >= 0) & ~dropped).any(axis=1) & (labels[:, :1] >= 0).any(axis=1)  # [n]

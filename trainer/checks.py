@@ -6,6 +6,7 @@ vocabulary larger than the model's or a reused `model_dir` never costs a trainin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -16,7 +17,7 @@ import tensorflow as tf
 from nextvlad import yt8m
 from nextvlad.config import ModelConfig
 from nextvlad.serving import describe_id_layout
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, model_dir_path
 
 logger = logging.getLogger(__name__)
 
@@ -124,20 +125,21 @@ def check_model_dir(model_dir: str, config: ModelConfig, *, config_name: str, ha
         ValueError: the saved config differs (the message lists the fields), or there are checkpoints
             without a config to say what model they belong to.
     """
-    path = f"{model_dir.rstrip('/')}/{config_name}"
-    advice = f"pick a new --model_dir, or delete {model_dir} to start over"
-    if not tf.io.gfile.exists(path):
+    saved = _saved_json(model_dir, config_name)
+    if saved is None:
         if has_checkpoints:
             raise ValueError(
                 f"{model_dir} holds checkpoints but no {config_name}, so they may belong to another model; "
-                f"{advice}."
+                f"{_advice(model_dir)}."
             )
         return
     try:
-        with tf.io.gfile.GFile(path, "r") as f:
-            saved = ModelConfig.from_dict(json.load(f))
+        saved = ModelConfig.from_dict(saved)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{path} is not a ModelConfig written by trainer.train ({e}); {advice}.") from None
+        raise ValueError(
+            f"{model_dir_path(model_dir, config_name)} is not a ModelConfig written by trainer.train ({e}); "
+            f"{_advice(model_dir)}."
+        ) from None
     if saved == config:
         return
     changed = [
@@ -147,30 +149,16 @@ def check_model_dir(model_dir: str, config: ModelConfig, *, config_name: str, ha
     ]
     raise ValueError(
         f"{model_dir} already holds a different model (saved {config_name} differs: {'; '.join(changed)}). "
-        f"Re-run with the same model flags to resume it, or {advice}."
+        f"Re-run with the same model flags to resume it, or {_advice(model_dir)}."
     )
-
-
-# TrainConfig fields that shape the optimisation. A resumed run continues the saved one's optimizer state
-# and schedule position, so it must also keep its recipe; the total step count (from --epochs,
-# --max_steps, --steps_per_epoch and the training records) sets where the cosine schedule ends.
-RECIPE_FIELDS = (
-    "batch_size",
-    "schedule",
-    "learning_rate",
-    "warmup_fraction",
-    "lr_decay_rate",
-    "lr_decay_examples",
-    "clipnorm",
-    "label_smoothing",
-    "segment_labels",
-)
 
 
 def check_resumed_recipe(
     model_dir: str, train_config: TrainConfig, *, total_steps: int, config_name: str
 ) -> None:
-    """Refuses to resume a run under another training recipe than the one it was started with.
+    """Refuses to resume a run under another training recipe than the one it was started with: the
+    `TrainConfig` fields marked `recipe`, and the total step count (from --epochs, --max_steps,
+    --steps_per_epoch and the training records), which sets where the cosine schedule ends.
 
     Without this check, a changed flag or default (e.g. a preset's learning rate after an upgrade) would
     silently continue the run on a different schedule and overwrite the saved `train_config.json`, so the
@@ -186,19 +174,12 @@ def check_resumed_recipe(
         ValueError: a recipe field or the total step count differs from the saved one; the message lists
             them with the flags that restore the saved values.
     """
-    path = f"{model_dir.rstrip('/')}/{config_name}"
-    if not tf.io.gfile.exists(path):
-        return  # a run from before the file existed: nothing to compare with
-    try:
-        with tf.io.gfile.GFile(path, "r") as f:
-            saved = json.load(f)
-    except ValueError as e:
-        raise ValueError(
-            f"{path} is not a training config written by trainer.train ({e}); pick a new --model_dir, or "
-            f"delete {model_dir} to start over."
-        ) from None
+    saved = _saved_json(model_dir, config_name)
+    if saved is None:
+        return  # nothing to compare with
     changed, flags = [], []
-    for name in RECIPE_FIELDS:
+    recipe = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("recipe")]
+    for name in recipe:
         if name in saved and saved[name] != getattr(train_config, name):
             changed.append(f"{name}: {saved[name]!r} -> {getattr(train_config, name)!r}")
             flags.append(_flag_for(name, saved[name]))
@@ -222,3 +203,21 @@ def _flag_for(name: str, value: object) -> str:
     if isinstance(value, bool):
         return f"--{name}" if value else f"(without --{name})"
     return f"--{name} {value}" if value is not None else f"(without --{name})"
+
+
+def _saved_json(model_dir: str, config_name: str) -> dict | None:
+    """A JSON file trainer.train wrote into `model_dir`; None when it is absent."""
+    path = model_dir_path(model_dir, config_name)
+    if not tf.io.gfile.exists(path):
+        return None
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            return json.load(f)
+    except ValueError as e:
+        raise ValueError(
+            f"{path} is not the JSON trainer.train writes ({e}); {_advice(model_dir)}."
+        ) from None
+
+
+def _advice(model_dir: str) -> str:
+    return f"pick a new --model_dir, or delete {model_dir} to start over"

@@ -44,7 +44,9 @@ class TrainConfig:
     """How to train: data, optimisation schedule, outputs. The model itself is a `ModelConfig`.
 
     Fields marked `preset_dependent` default to None on the command line and are resolved from
-    `--preset` and `--schedule` (`PRESET_TRAINING`, `PAPER_LEARNING_RATE`) unless given.
+    `--preset` and `--schedule` (`PRESET_TRAINING`, `PAPER_LEARNING_RATE`) unless given. Fields marked
+    `recipe` shape the optimisation: a run resumes only under the recipe it was started with
+    (`trainer.checks.check_resumed_recipe`).
     """
 
     # TFRecord globs, local or gs://; eval_data is evaluated after every epoch.
@@ -56,7 +58,7 @@ class TrainConfig:
         (), help="held-out TFRecord glob(s)", group=DATA, metavar="PATTERN"
     )
     # The paper: 80 per GPU on 2 GPUs.
-    batch_size: int = config_field(160, help="global batch size (the paper: 160)")
+    batch_size: int = config_field(160, help="global batch size (the paper: 160)", recipe=True)
     epochs: int = config_field(
         DEFAULT_EPOCHS,
         help=f"epochs of --steps_per_epoch steps (default: the preset's, else {DEFAULT_EPOCHS})",
@@ -69,18 +71,25 @@ class TrainConfig:
     # `cosine`: linear warm-up from 0 to `learning_rate` over `warmup_fraction` of the run, then cosine
     # decay to 0 at the run's last step. `paper`: the paper's staircase, ×`lr_decay_rate` every
     # `lr_decay_examples` examples from `learning_rate` (which then defaults to 2e-4 on the CLI).
-    schedule: str = config_field("cosine", help="learning-rate schedule (see below)", choices=SCHEDULES)
+    schedule: str = config_field(
+        "cosine", help="learning-rate schedule (see below)", choices=SCHEDULES, recipe=True
+    )
     learning_rate: float = config_field(
         DEFAULT_LEARNING_RATE,
         help=f"Adam's peak (cosine) or initial (paper) learning rate (default: the preset's, else "
         f"{DEFAULT_LEARNING_RATE:g}; {PAPER_LEARNING_RATE:g} with --schedule paper)",
         preset_dependent=True,
+        recipe=True,
     )
-    warmup_fraction: float = config_field(0.05, help="cosine schedule: share of the steps spent warming up")
-    lr_decay_rate: float = config_field(0.8, help="paper schedule: staircase learning-rate decay factor")
+    warmup_fraction: float = config_field(
+        0.05, help="cosine schedule: share of the steps spent warming up", recipe=True
+    )
+    lr_decay_rate: float = config_field(
+        0.8, help="paper schedule: staircase learning-rate decay factor", recipe=True
+    )
     # Default: min(2.5M, run / 5), see `lr_decay_steps`.
     lr_decay_examples: int | None = config_field(
-        None, help="paper schedule: examples between decays (default: see below)"
+        None, help="paper schedule: examples between decays (default: see below)", recipe=True
     )
     # Training records read to set the classifier's initial bias to each class's log-odds (0: the same
     # frequency, 3 labels / num_classes, for every class).
@@ -88,9 +97,11 @@ class TrainConfig:
         100_000,
         help="training records counted for the classifier's initial bias (0: 3 labels / classes)",
     )
-    clipnorm: float = config_field(1.0, help="per-variable gradient-norm clipping")
+    clipnorm: float = config_field(1.0, help="per-variable gradient-norm clipping", recipe=True)
     # 0 in the paper.
-    label_smoothing: float = config_field(0.0, help="smooth the 0/1 targets towards 0.5 by this much")
+    label_smoothing: float = config_field(
+        0.0, help="smooth the 0/1 targets towards 0.5 by this much", recipe=True
+    )
     seed: int = config_field(0, help="random seed (weights, dropout, shuffling)")
     pca_eigenvals: str | None = config_field(
         None, help="yt8m_pca/eigenvals.npy: reverse-whiten rgb (paper §3.3)", group=DATA
@@ -129,6 +140,7 @@ class TrainConfig:
         "whole videos: rated classes' present/absent are the targets, unrated classes are left out of the "
         "loss; with --init_model, fine-tunes a video-level model. --eval_data then reports segment mAP",
         group=DATA,
+        recipe=True,
     )
     verbose: bool = True  # progress bars (off with the CLI's --quiet)
 

@@ -366,7 +366,9 @@ def test_resume_check_names_an_unreadable_config_and_accepts_fields_it_lacks(tmp
     config = TrainConfig(train_data=("a",), model_dir=str(tmp_path), learning_rate=1e-3)
     saved = tmp_path / "train_config.json"
     saved.write_text("{not json")
-    with pytest.raises(ValueError, match=r"train_config.json is not a training config.*new --model_dir"):
+    with pytest.raises(
+        ValueError, match=r"train_config.json is not the JSON trainer.train writes.*new --model_dir"
+    ):
         check_resumed_recipe(str(tmp_path), config, total_steps=10, config_name=saved.name)
     # A config written before a field existed: only the fields it has are compared.
     saved.write_text(json.dumps({"learning_rate": 1e-3, "batch_size": 160}))
